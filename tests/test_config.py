@@ -1,0 +1,73 @@
+"""The pipeline YAML: defaults, strict validation with the bad key named, path resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_config
+from private_finetuning.config import PipelineConfig, load_config, parse_config
+from private_finetuning.errors import ConfigError
+
+
+def test_shipped_yaml_is_exactly_the_defaults() -> None:
+    loaded = load_config(REPO / "k8s" / "base" / "pipeline.yaml")
+    assert loaded.to_dict() == PipelineConfig().to_dict()
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("")
+    assert load_config(path).to_dict() == PipelineConfig().to_dict()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("modle: {}", "modle: unknown key"),
+    ("model: {source: {typ: gguf}}", "model.source.typ: unknown key"),
+    ("model: {dtype: float64}", "model.dtype: 'float64' is not one of"),
+    ("dataset: {seed: 'x'}", "dataset.seed: expected an integer"),
+    ("dataset: {seed: true}", "dataset.seed: expected an integer"),
+    ("dataset: {eval_fraction: 1.5}", "dataset.eval_fraction: must be between 0 and 1"),
+    ("model: {source: {type: gguf}}", "model.source.path: required"),
+    ("model: {source: {name: llama-70b}}", "model.source.name: unknown embedded model"),
+    ("model: {source: {type: gguf, path: x.gguf, sha256: abc}}", "model.source.sha256: expected 64"),
+    ("dataset: {source: {type: file, path: d.csv}}", "dataset.source.csv_template: required for CSV"),
+    ("dataset: {source: {type: file, path: d.csv, csv_template: {user: '{q}'}}}",
+     "dataset.source.csv_template.assistant: required"),
+    ("dataset: {source: {type: file, path: d.jsonl, encoding: klingon}}", "dataset.source.encoding: unknown"),
+    ("model: [1, 2]", "model: expected a mapping"),
+    ("- just\n- a list", "<top level>: expected a mapping"),
+    ("artifacts: {wait_timeout_s: 0}", "artifacts: wait_timeout_s and poll_interval_s must be positive"),
+])
+def test_invalid_config_names_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        parse_config(text)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nmodel:\n  dtype: [float32\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pipeline config not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    config = load_config(write_config(tmp_path / "sub" / "p.yaml",
+                                      {"dataset": {"source": {"type": "file", "path": "data.jsonl"}}}))
+    assert config.resolve_path("data.jsonl") == tmp_path / "sub" / "data.jsonl"
+    assert config.resolve_path("/abs/x") == Path("/abs/x")
+
+
+def test_config_through_a_symlink_resolves_against_the_target(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "mount").mkdir()
+    target = write_config(tmp_path / "real" / "p.yaml", {})
+    (tmp_path / "mount" / "pipeline.yaml").symlink_to(target)
+    assert load_config(tmp_path / "mount" / "pipeline.yaml").base_dir == tmp_path / "real"
