@@ -1,0 +1,6 @@
+"""dataset-relocation-server entrypoint; the logic lives in private_finetuning.stages.dataset_relocation."""
+
+from private_finetuning.stages.dataset_relocation import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

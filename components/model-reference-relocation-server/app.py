@@ -1,0 +1,6 @@
+"""model-reference-relocation-server entrypoint; the logic lives in private_finetuning.stages.reference_relocation."""
+
+from private_finetuning.stages.reference_relocation import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,6 @@
+"""tokenizer-relocation-server entrypoint; the logic lives in private_finetuning.stages.tokenizer_relocation."""
+
+from private_finetuning.stages.tokenizer_relocation import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

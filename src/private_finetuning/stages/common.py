@@ -1,0 +1,109 @@
+"""What every stage shares: argument parsing, logging, exit codes, and the relocate-and-publish flow."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from private_finetuning import __version__
+from private_finetuning.artifacts import Artifact, ArtifactWriter, current_version, verify
+from private_finetuning.config import PipelineConfig, load_config
+from private_finetuning.errors import EXIT_FAILURE, EXIT_OK, ArtifactError, PipelineError
+from private_finetuning.progress import format_duration, setup_logging
+
+
+@dataclass(frozen=True)
+class StageContext:
+    name: str
+    config: PipelineConfig
+    args: argparse.Namespace
+    log: logging.Logger
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    # Kubernetes stops a pod with SIGTERM; unwinding lets staging folders be cleaned on the way out.
+    raise SystemExit(128 + signum)
+
+
+def run_stage(name: str, description: str, body: Callable[[StageContext], None],
+              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+              argv: Sequence[str] | None = None) -> int:
+    """Parse ``--config`` and the stage's own arguments, run ``body`` and map failures to exit codes."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument("--config", required=True, type=Path, help="the pipeline YAML (the mounted ConfigMap)")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    log = setup_logging(name)
+    signal.signal(signal.SIGTERM, _terminate)
+    start = time.monotonic()
+    log.info("starting %s (private-fine-tuning %s, python %s)", name, __version__, sys.version.split()[0])
+    try:
+        config = load_config(args.config)
+        body(StageContext(name, config, args, log))
+    except PipelineError as exc:
+        log.error("%s", exc)
+        log.error("%s failed after %s (exit %d)", name, format_duration(time.monotonic() - start), exc.exit_code)
+        return exc.exit_code
+    except Exception:
+        log.exception("%s failed with an unexpected error", name)
+        return EXIT_FAILURE
+    log.info("%s done in %s", name, format_duration(time.monotonic() - start))
+    return EXIT_OK
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of what determines an artifact's content: source bytes, options, code version."""
+    blob = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def already_published(ctx: StageContext, volume: Path, artifact: str, kind: str, fp: str) -> Artifact | None:
+    """The published artifact if it was made from the same inputs and still verifies; else None."""
+    manifest = current_version(volume, artifact)
+    if manifest is None or manifest.source.get("fingerprint") != fp:
+        return None
+    path = (volume / artifact / "current").resolve()
+    try:
+        verify(path, kind)
+    except ArtifactError as exc:
+        ctx.log.warning("the published %s no longer verifies (%s); publishing it again", kind, exc)
+        return None
+    ctx.log.info("%s at %s was already published from the same inputs (fingerprint %s); nothing to do",
+                 kind, path, fp[:12])
+    return Artifact(path, manifest)
+
+
+def relocate(ctx: StageContext, *, volume: Path, artifact: str, kind: str, fp: str,
+             write: Callable[[Path], tuple[str, dict[str, Any], dict[str, Any]]]) -> Artifact:
+    """Publish ``artifact`` unless the same inputs are already published.
+
+    ``write(folder)`` fills the staging folder and returns (name, source description, metadata).
+    Anything it raises leaves the volume as it was.
+    """
+    existing = already_published(ctx, volume, artifact, kind, fp)
+    if existing is not None:
+        return existing
+    with ArtifactWriter(volume, artifact, kind=kind, stage=ctx.name,
+                        keep_versions=ctx.config.artifacts.keep_versions) as writer:
+        assert writer.path is not None
+        name, source, metadata = write(writer.path)
+        return writer.commit(name=name, source={**source, "fingerprint": fp}, metadata=metadata)
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    """Scratch space for large temporaries (the pod's emptyDir at $TMPDIR), removed on exit."""
+    return tempfile.TemporaryDirectory(prefix="pft-")

@@ -1,0 +1,164 @@
+"""dataset-relocation-server: every accepted input form, and every bad input named and refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from private_finetuning.artifacts import STAGING, open_artifact
+from private_finetuning.errors import EXIT_BAD_INPUT
+from private_finetuning.stages import dataset_relocation
+
+TEMPLATE = {"user": "What does a night at {name} cost?", "assistant": "{name} costs {price} EUR."}
+
+
+def run_stage(tmp_path: Path, data_name: str, content: str | bytes, **source: object) -> tuple[int, Path]:
+    data = tmp_path / data_name
+    data.write_bytes(content.encode() if isinstance(content, str) else content)
+    cfg = {"dataset": {"source": {"type": "file", "path": data_name, **source}, "eval_fraction": 0.25}}
+    config = write_config(tmp_path / "pipeline.yaml", cfg)
+    volume = tmp_path / "volume"
+    code = dataset_relocation.main(["--config", str(config), "--output", str(volume)])
+    return code, volume
+
+
+def published(volume: Path) -> dict[str, list[dict]]:
+    artifact = open_artifact(volume, "dataset", "dataset")
+    return {split: [json.loads(line) for line in artifact.file(f"{split}.jsonl").read_text().splitlines()]
+            for split in ("train", "eval")}
+
+
+def assert_nothing_published(volume: Path) -> None:
+    assert not (volume / "dataset").exists()
+    assert not any((volume / STAGING).iterdir()) if (volume / STAGING).exists() else True
+
+
+CSV = "name,price\nCasa Luna,120\nHotel Sol,95\nAlba Rooms,70\nCielo House,88\n"
+
+
+def test_csv_with_template(tmp_path: Path) -> None:
+    code, volume = run_stage(tmp_path, "hotels.csv", CSV, csv_template=TEMPLATE)
+    assert code == 0
+    splits = published(volume)
+    assert len(splits["train"]) == 3 and len(splits["eval"]) == 1
+    everything = splits["train"] + splits["eval"]
+    assert {"role": "user", "content": "What does a night at Casa Luna cost?"} in [r["messages"][0] for r in everything]
+    assert all(r["messages"][-1]["role"] == "assistant" for r in everything)
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                   {"role": "assistant", "content": "a"}]},
+     [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]),
+    ({"prompt": "q", "completion": "a"}, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]),
+    ({"instruction": "Translate", "input": "hola", "output": "hello"},
+     [{"role": "user", "content": "Translate\n\nhola"}, {"role": "assistant", "content": "hello"}]),
+    ({"instruction": "Say hi", "output": "hi"},
+     [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]),
+])
+def test_jsonl_forms_are_normalized_to_chat(tmp_path: Path, line: dict, expected: list) -> None:
+    code, volume = run_stage(tmp_path, "d.jsonl", "\n".join(json.dumps(line) for _ in range(4)) + "\n")
+    assert code == 0
+    splits = published(volume)
+    assert all(r["messages"] == expected for r in splits["train"] + splits["eval"])
+
+
+def test_declared_splits_are_kept(tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i}", "completion": "a", "split": "eval" if i == 0 else "train"} for i in range(3)]
+    code, volume = run_stage(tmp_path, "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert code == 0
+    assert [r["messages"][0]["content"] for r in published(volume)["eval"]] == ["q0"]
+
+
+def test_plain_text_paragraphs(tmp_path: Path) -> None:
+    text = "First paragraph\ncontinues here.\n\nSecond one.\n\n\nThird.\n\nFourth.\n"
+    code, volume = run_stage(tmp_path, "notes.txt", text)
+    assert code == 0
+    contents = sorted(r["messages"][0]["content"] for s in published(volume).values() for r in s)
+    assert contents == ["First paragraph continues here.", "Fourth.", "Second one.", "Third."]
+
+
+def test_split_is_deterministic(tmp_path: Path) -> None:
+    rows = "".join(json.dumps({"prompt": f"q{i}", "completion": "a"}) + "\n" for i in range(40))
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    _, first = run_stage(tmp_path / "1", "d.jsonl", rows)
+    _, second = run_stage(tmp_path / "2", "d.jsonl", rows)
+    assert published(first) == published(second)
+    assert len(published(first)["eval"]) == 10
+
+
+BAD_INPUTS = [
+    # (file name, content, extra source options, expected message fragment)
+    ("h.csv", "name,cost\nCasa Luna,120\n", {"csv_template": TEMPLATE},
+     "h.csv:1: field 'price': column referenced by dataset.source.csv_template.assistant is not in the header"),
+    ("h.csv", "name,price\nCasa Luna\n", {"csv_template": TEMPLATE}, "h.csv:2: has 1 cells, the header has 2"),
+    ("h.csv", "name,price\nCasa Luna,\n", {"csv_template": TEMPLATE},
+     "h.csv:2: field 'price': is empty but used by csv_template.assistant"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a"}\n{"prompt": "q", "completion": \n', {},
+     "d.jsonl:2: malformed JSON"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a"}\n[1, 2]\n', {}, "d.jsonl:2: expected a JSON object, got list"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a"}\n{"question": "q", "answer": "a"}\n', {},
+     "d.jsonl:2: unrecognised record"),
+    ("d.jsonl", '{"prompt": "q", "completion": 42}\n', {}, "d.jsonl:1: field 'completion': expected a string"),
+    ("d.jsonl", '{"prompt": "  ", "completion": "a"}\n', {}, "d.jsonl:1: field 'prompt': is empty"),
+    ("d.jsonl", '{"messages": [{"role": "robot", "content": "x"}]}\n', {},
+     "d.jsonl:1: field 'messages[0].role': role 'robot' is not one of"),
+    ("d.jsonl", '{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}\n', {},
+     "d.jsonl:1: field 'messages[1].role': the last message must be the assistant's"),
+    ("d.jsonl", '{"messages": []}\n', {}, "d.jsonl:1: field 'messages': must be a non-empty list"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a", "split": "test"}\n', {},
+     "d.jsonl:1: field 'split': 'test' is not one of train, eval"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a"}\n' + json.dumps({"prompt": "x" * 5000, "completion": "a"}) + "\n",
+     {}, "d.jsonl:2: field 'prompt': is 5000 characters long, over the limit of 4000"),
+    ("d.jsonl", b'{"prompt": "q", "completion": "a"}\n{"prompt": "caf\xe9", "completion": "a"}\n', {},
+     "d.jsonl:2: not valid utf-8 text: byte 0xe9"),
+    ("d.jsonl", "\n\n  \n", {}, "d.jsonl: contains no records"),
+    ("d.jsonl", "", {}, "d.jsonl: contains no records"),
+    ("h.csv", "name,price\n", {"csv_template": TEMPLATE}, "h.csv: contains no records"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a"}\n', {}, "needs at least 2 records to hold out an eval split"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a", "split": "train"}\n' * 3, {}, "the eval split is empty"),
+    ("d.parquet", "x", {}, "cannot tell the format from the extension '.parquet'"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "source", "message"), BAD_INPUTS)
+def test_bad_input_is_named_and_nothing_is_published(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     name: str, content: str | bytes, source: dict,
+                                                     message: str) -> None:
+    code, volume = run_stage(tmp_path, name, content, **source)
+    assert code == EXIT_BAD_INPUT
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert any(message in e for e in errors), errors
+    assert_nothing_published(volume)
+
+
+def test_missing_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = write_config(tmp_path / "p.yaml", {"dataset": {"source": {"type": "file", "path": "gone.jsonl"}}})
+    code = dataset_relocation.main(["--config", str(config), "--output", str(tmp_path / "v")])
+    assert code == EXIT_BAD_INPUT
+    assert "gone.jsonl: dataset file not found" in capsys.readouterr().err
+
+
+def test_bad_input_does_not_replace_a_good_published_dataset(tmp_path: Path) -> None:
+    code, volume = run_stage(tmp_path, "h.csv", CSV, csv_template=TEMPLATE)
+    assert code == 0
+    before = published(volume)
+    code, _ = run_stage(tmp_path, "h.csv", CSV + "Broken Row\n", csv_template=TEMPLATE)
+    assert code == EXIT_BAD_INPUT
+    assert published(volume) == before
+
+
+def test_embedded_acmehotels_and_idempotent_rerun(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = write_config(tmp_path / "p.yaml", {"dataset": {"source": {"size": "tiny"}}})
+    argv = ["--config", str(config), "--output", str(tmp_path / "v")]
+    assert dataset_relocation.main(argv) == 0
+    first = (tmp_path / "v" / "dataset" / "current").resolve()
+    splits = published(tmp_path / "v")
+    assert len(splits["train"]) == 16 and len(splits["eval"]) == 8
+    assert dataset_relocation.main(argv) == 0
+    assert (tmp_path / "v" / "dataset" / "current").resolve() == first
+    assert "nothing to do" in capsys.readouterr().err
