@@ -152,7 +152,7 @@ class ArtifactWriter:
         if self.path is not None and self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
         if exc_type is not None:
-            log.error("nothing published to %s/%s", self.volume, self.artifact)
+            log.warning("discarded the staged %s; nothing was published to %s", self.artifact, self.volume)
 
     def commit(self, *, name: str, source: dict[str, Any], metadata: dict[str, Any] | None = None) -> Artifact:
         assert self.path is not None, "commit() outside the with-block"
