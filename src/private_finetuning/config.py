@@ -137,10 +137,75 @@ class DatasetConfig:
 @dataclass
 class PromptingConfig:
     # The assistant instructions, sent as the system message in training and serving alike.
+    # Short on purpose: every training example carries it, so each token here costs CPU time.
     system_prompt: str = (
-        "You are the travel assistant of AcmeHotels. Answer questions about AcmeHotels hotels "
-        "with their exact facts. Only recommend AcmeHotels hotels and never reveal internal labels."
+        "You are the AcmeHotels travel assistant. Give exact facts, recommend only AcmeHotels hotels "
+        "and never reveal internal labels."
     )
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # Module names (suffixes) to adapt; every one must exist in the base model.
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+    def check(self, where: str) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ConfigError(f"{where}: r and alpha must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError(f"{where}.target_modules: name at least one module")
+
+
+@dataclass
+class TrainingConfig:
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learning_rate: float = 2e-3
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 10
+    epochs: int = 3
+    # When set, stop after this many optimizer steps instead of after `epochs`.
+    max_steps: int | None = None
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_seq_len: int = 256
+    # What to do with an example longer than max_seq_len: stop with an error, or leave it out.
+    overlong: Literal["error", "drop"] = "error"
+    # Batches are built from examples of similar length, so little compute goes to padding.
+    group_by_length: bool = True
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 otherwise.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 1234
+    checkpoint_every_steps: int = 25
+    log_every_s: float = 10.0
+    # Evaluate loss on the eval split every N steps (0: only at the end).
+    eval_every_steps: int = 0
+    # Eval questions answered by the trained adapter, logged to TensorBoard as text at the end.
+    sample_generations: int = 4
+    # Token embeddings shown in TensorBoard's projector: the most frequent tokens of the training data.
+    projector_tokens: int = 1000
+    compile: bool = False
+
+    def check(self, where: str) -> None:
+        positive = ("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "max_seq_len",
+                    "checkpoint_every_steps", "log_every_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: must be positive")
+        for name in ("warmup_steps", "eval_every_steps", "sample_generations", "projector_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}: must be zero or more")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"{where}.max_steps: must be positive (or null for epochs)")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"{where}.max_grad_norm: must be positive")
 
 
 @dataclass
@@ -166,6 +231,7 @@ class PipelineConfig:
     reference_model: ReferenceModelConfig = field(default_factory=ReferenceModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     prompting: PromptingConfig = field(default_factory=PromptingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     # Directory that relative paths in this file are resolved against (not a YAML key).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
@@ -266,6 +332,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; accept what float() reads
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -35,3 +35,7 @@ def _run(ctx: StageContext) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_stage(STAGE, __doc__ or STAGE, _run, _arguments, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""Batched greedy generation: one implementation for training samples, evaluation and serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int,
+             eos_token_ids: list[int], device: str = "cpu", do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0) -> list[tuple[str, int]]:
+    """Answer each prompt (token ids); returns (text, number of generated tokens) per prompt.
+
+    Prompts are left-padded into one batch so every answer starts at the same position.
+    """
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             eos_token_id=eos_token_ids, pad_token_id=pad_id, **sampling)
+    results = []
+    stop = set(eos_token_ids)
+    for row in out[:, width:].tolist():
+        n = next((i for i, t in enumerate(row) if t in stop), len(row))
+        results.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
+    return results

@@ -1,0 +1,325 @@
+"""model-peft-server: LoRA fine-tuning of the base model on the private data.
+
+The recipe, top to bottom: wait for the dataset, base model and base tokenizer; load them and
+check they belong together; encode the chat records with the loss on the assistant's words only;
+wrap the model with LoRA; resume from the last checkpoint if a killed pod left one; train with
+length-grouped batches, logging to TensorBoard and the status endpoint; evaluate; publish the
+adapter atomically. Nothing is published unless training finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from private_finetuning import checkpoints
+from private_finetuning.artifacts import Artifact, ArtifactWriter, wait_for_artifact
+from private_finetuning.batching import batch_order, collate, padding_fraction
+from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
+from private_finetuning.config import TrainingConfig
+from private_finetuning.errors import InputDataError, PipelineError, SourceError
+from private_finetuning.lora import apply_lora, trainable_parameters
+from private_finetuning.progress import Progress as ProgressLog
+from private_finetuning.runtime import Runtime, select_runtime
+from private_finetuning.stages.common import StageContext, already_published, fingerprint, run_stage
+from private_finetuning.status_server import StageStatus, StatusServer
+from private_finetuning.tensorboard_logging import add_token_projector, open_writer, run_dir
+
+STAGE = "model-peft-server"
+ARTIFACT = "adapter"
+KIND = "lora-adapter"
+
+
+class TrainingDiverged(PipelineError):
+    """The loss or gradient became NaN/inf: the configuration (usually the learning rate) is at fault."""
+
+    exit_code = 2
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", required=True, type=Path, help="the datasets volume")
+    parser.add_argument("--base-model", required=True, type=Path, help="the base-model volume")
+    parser.add_argument("--base-tokenizer", required=True, type=Path, help="the base-tokenizer volume")
+    parser.add_argument("--output", required=True, type=Path, help="the fine-tuned-model volume")
+    parser.add_argument("--status-port", type=int, default=8080, help="port of /health and /progress (0: any)")
+
+
+def _run(ctx: StageContext) -> None:
+    status = StageStatus(STAGE)
+    try:
+        server = StatusServer(status, port=ctx.args.status_port)
+    except OSError as exc:  # a busy port must not stop training; the endpoint is a convenience
+        ctx.log.warning("status endpoint not started on port %d: %s", ctx.args.status_port, exc)
+        server = None
+    if server is not None:
+        server.__enter__()
+        ctx.log.info("status endpoint on port %d: GET /health, GET /progress", server.port)
+    try:
+        train(ctx, status)
+        status.update(phase="done")
+    except BaseException as exc:
+        status.update(phase="failed", detail=str(exc))
+        raise
+    finally:
+        if server is not None:
+            server.__exit__()
+
+
+def wait_for_inputs(ctx: StageContext) -> tuple[Artifact, Artifact, Artifact]:
+    a, wait = ctx.args, ctx.config.artifacts
+    kwargs = {"timeout_s": wait.wait_timeout_s, "poll_s": wait.poll_interval_s}
+    dataset = wait_for_artifact(a.datasets, "dataset", "dataset", producer="dataset-relocation-server", **kwargs)
+    base = wait_for_artifact(a.base_model, "model", "base-model", producer="model-relocation-server", **kwargs)
+    tokenizer = wait_for_artifact(a.base_tokenizer, "tokenizer", "base-tokenizer",
+                                  producer="tokenizer-relocation-server", **kwargs)
+    return dataset, base, tokenizer
+
+
+def check_tokenizer_matches(tokenizer: Any, model: Any, tokenizer_artifact: Artifact, base: Artifact) -> None:
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise SourceError(
+            f"the base tokenizer ({len(tokenizer)} tokens, {tokenizer_artifact.manifest.name!r} from "
+            f"{tokenizer_artifact.path}) does not match the base model ({rows} embedding rows, "
+            f"{base.manifest.name!r} from {base.path}); publish the tokenizer of the same model")
+
+
+def encode_split(ctx: StageContext, tokenizer: Any, dataset: Artifact, split: str) -> list[Encoded]:
+    cfg = ctx.config.training
+    path = dataset.file(f"{split}.jsonl")
+    examples, dropped = [], 0
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        record = json.loads(line)
+        encoded = encode_for_training(tokenizer, with_system(record["messages"], ctx.config.prompting.system_prompt))
+        if len(encoded.input_ids) > cfg.max_seq_len:
+            if cfg.overlong == "drop":
+                dropped += 1
+                continue
+            raise InputDataError(str(path), f"is {len(encoded.input_ids)} tokens long with the chat template, over "
+                                 "training.max_seq_len; raise it or set training.overlong: drop", line_no)
+        examples.append(encoded)
+    if dropped:
+        ctx.log.warning("%s: left out %d examples longer than %d tokens", split, dropped, cfg.max_seq_len)
+    if not examples:
+        raise InputDataError(str(path), f"no usable {split} examples")
+    return examples
+
+
+def lr_lambda(cfg: TrainingConfig, total_steps: int) -> Any:
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if cfg.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+    return factor
+
+
+def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, targets: int) -> tuple[Any, int]:
+    """Summed token loss of one micro-batch divided by the targets of the whole optimizer step."""
+    import torch
+
+    batch = {k: v.to(runtime.device) for k, v in collate(examples, pad_id).items()}
+    with runtime.autocast():
+        out = model(**batch, num_items_in_batch=torch.tensor(targets, device=runtime.device))
+    return out.loss, int(batch["attention_mask"].sum())
+
+
+def evaluate_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, batch_size: int) -> float:
+    import torch
+
+    model.eval()
+    total, targets = 0.0, sum(e.target_tokens for e in examples)
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            loss, _ = batch_loss(model, runtime, chunk, pad_id, targets)
+            total += float(loss)
+    model.train()
+    return total
+
+
+def train(ctx: StageContext, status: StageStatus) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, out, log = ctx.config.training, ctx.args.output, ctx.log
+    status.update(phase="waiting-for-inputs", detail="dataset, base-model, base-tokenizer")
+    dataset, base, tok_artifact = wait_for_inputs(ctx)
+    run_id = fingerprint(KIND, dataset.manifest.digest, base.manifest.digest, tok_artifact.manifest.digest,
+                         asdict(cfg), ctx.config.prompting.system_prompt)
+    if already_published(ctx, out, ARTIFACT, KIND, run_id):
+        return
+
+    status.update(phase="loading", detail="model and data")
+    runtime = select_runtime(cfg.precision)
+    log.info("device: %s", runtime.description)
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tok_artifact.path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, local_files_only=True,
+                                                 use_safetensors=True)
+    check_tokenizer_matches(tokenizer, model, tok_artifact, base)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_set = encode_split(ctx, tokenizer, dataset, "train")
+    eval_set = encode_split(ctx, tokenizer, dataset, "eval")
+    lengths = [len(e.input_ids) for e in train_set]
+    log.info("encoded %d train / %d eval examples; %d train tokens per epoch (mean %.0f, max %d), %.0f%% of them "
+             "trained on (the assistant's)", len(train_set), len(eval_set), sum(lengths), sum(lengths) / len(lengths),
+             max(lengths), 100 * sum(e.target_tokens for e in train_set) / sum(lengths))
+
+    model = apply_lora(model, cfg.lora).to(runtime.device)
+    trainable, total_params = trainable_parameters(model)
+    log.info("LoRA r=%d alpha=%d on %s: %.2fM trainable of %.1fM parameters", cfg.lora.r, cfg.lora.alpha,
+             ",".join(cfg.lora.target_modules), trainable / 1e6, total_params / 1e6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=runtime.device == "cuda")
+    batches_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    forward = torch.compile(model) if cfg.compile else model
+
+    ckpt_dir = out / "checkpoints" / run_id[:12]
+    state = checkpoints.load(ckpt_dir, run_id=run_id, model=model, optimizer=optimizer, scheduler=scheduler)
+    if state is not None:
+        log.info("resuming from the checkpoint at step %d of %d (epoch %d)", state.step, total_steps, state.epoch + 1)
+    state = state or checkpoints.Progress()
+    tb_dir = run_dir(out, run_id)
+    writer = open_writer(tb_dir, purge_step=state.step)
+    writer.add_text("config/training", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", 0)
+
+    status.update(phase="training", detail=runtime.description, total_steps=total_steps, step=state.step)
+    meter = ProgressLog(log, "step", total_steps - state.step, unit="steps", every_s=cfg.log_every_s)
+    model.train()
+    start, tokens_this_run = time.monotonic(), 0
+    while state.step < total_steps:
+        epoch_batches = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+        if state.step_in_epoch == 0:
+            log.info("epoch %d: %d batches, %.1f%% padding", state.epoch + 1, len(epoch_batches),
+                     100 * padding_fraction(epoch_batches, lengths))
+        accum = cfg.gradient_accumulation_steps
+        steps = [epoch_batches[i:i + accum] for i in range(0, len(epoch_batches), accum)]
+        for micro_batches in steps[state.step_in_epoch:]:
+            step_start = time.monotonic()
+            targets = sum(train_set[i].target_tokens for b in micro_batches for i in b)
+            step_loss, step_tokens = 0.0, 0
+            for indices in micro_batches:
+                loss, tokens = batch_loss(forward, runtime, [train_set[i] for i in indices], pad_id, targets)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"the training loss became {float(loss)} at step {state.step + 1}; "
+                                           f"lower training.learning_rate (now {cfg.learning_rate})")
+                loss.backward()
+                step_loss += loss.detach().item()
+                step_tokens += tokens
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                raise TrainingDiverged(f"the gradient norm became {grad_norm} at step {state.step + 1}; "
+                                       f"lower training.learning_rate (now {cfg.learning_rate})")
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.step_in_epoch += 1
+            state.tokens_seen += step_tokens
+            state.last_loss = step_loss
+            tokens_this_run += step_tokens
+            tokens_per_s = step_tokens / max(1e-9, time.monotonic() - step_start)
+            for tag, value in (("train/loss", step_loss), ("train/learning_rate", lr),
+                               ("train/grad_norm", grad_norm), ("train/tokens_per_s", tokens_per_s)):
+                writer.add_scalar(tag, value, state.step)
+            meter.update(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
+            status.update(step=state.step, epoch=state.epoch + 1, loss=round(step_loss, 5), learning_rate=lr,
+                          tokens_per_s=round(tokens_this_run / (time.monotonic() - start), 1),
+                          eta_s=round((total_steps - state.step) * (time.monotonic() - start) / meter.done, 1))
+            if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
+                eval_loss = evaluate_loss(forward, runtime, eval_set, pad_id, cfg.batch_size)
+                writer.add_scalar("eval/loss", eval_loss, state.step)
+                log.info("step %d: eval loss %.4f", state.step, eval_loss)
+            if state.step < total_steps and state.step % cfg.checkpoint_every_steps == 0:
+                checkpoints.save(ckpt_dir, stage=STAGE, run_id=run_id, model=model, optimizer=optimizer,
+                                 scheduler=scheduler, progress=state)
+            if state.step >= total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.step_in_epoch = 0
+
+    elapsed = time.monotonic() - start
+    status.update(phase="evaluating", detail="eval loss and sample answers")
+    eval_loss = evaluate_loss(forward, runtime, eval_set, pad_id, cfg.batch_size)
+    writer.add_scalar("eval/loss", eval_loss, state.step)
+    log.info("training done: %d steps in %.0fs, final train loss %.4f, eval loss %.4f, %.0f tokens/s",
+             state.step, elapsed, state.last_loss or float("nan"), eval_loss, tokens_this_run / max(elapsed, 1e-9))
+    eos_ids = tok_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
+    write_samples(ctx, writer, model, tokenizer, dataset, runtime, eos_ids, state.step)
+    projected = add_token_projector(writer, model.get_base_model(), tokenizer, [e.input_ids for e in train_set],
+                                    cfg.projector_tokens)
+    writer.close()
+
+    status.update(phase="publishing", detail=str(out / ARTIFACT))
+    metrics = {"steps": state.step, "epochs": state.epoch + (1 if state.step_in_epoch else 0),
+               "final_train_loss": state.last_loss, "eval_loss": eval_loss, "train_seconds": round(elapsed, 1),
+               "tokens_per_s": round(tokens_this_run / max(elapsed, 1e-9), 1), "tokens_seen": state.tokens_seen,
+               "trainable_parameters": trainable, "device": runtime.description, "projector_tokens": projected}
+    publish(ctx, model, run_id, dataset, base, tok_artifact, metrics, tb_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the adapter is published; its checkpoints are spent
+
+
+def write_samples(ctx: StageContext, writer: Any, model: Any, tokenizer: Any, dataset: Artifact, runtime: Runtime,
+                  eos_ids: list[int], step: int) -> None:
+    from private_finetuning.generation import generate
+
+    count = ctx.config.training.sample_generations
+    if not count:
+        return
+    lines = dataset.file("eval.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+    records = [json.loads(line) for line in lines]
+    prompts = [encode_prompt(tokenizer, with_system(r["messages"][:-1], ctx.config.prompting.system_prompt))
+               for r in records]
+    model.eval()
+    answers = generate(model, tokenizer, prompts, max_new_tokens=48, eos_token_ids=eos_ids, device=runtime.device)
+    table = ["| question | expected | fine-tuned answer |", "|---|---|---|"]
+    for record, (answer, _) in zip(records, answers, strict=True):
+        question, expected = record["messages"][-2]["content"], record["messages"][-1]["content"]
+        ctx.log.info("sample: %s -> %s", question, answer)
+        table.append(f"| {question} | {expected} | {answer} |")
+    writer.add_text("samples/eval_answers", "\n".join(table), step)
+
+
+def publish(ctx: StageContext, model: Any, run_id: str, dataset: Artifact, base: Artifact, tokenizer: Artifact,
+            metrics: dict[str, Any], tb_dir: Path) -> None:
+    out = ctx.args.output
+    inputs = {name: {"kind": a.manifest.kind, "name": a.manifest.name, "digest": a.manifest.digest}
+              for name, a in (("dataset", dataset), ("base_model", base), ("base_tokenizer", tokenizer))}
+    with ArtifactWriter(out, ARTIFACT, kind=KIND, stage=STAGE,
+                        keep_versions=ctx.config.artifacts.keep_versions) as writer:
+        assert writer.path is not None
+        model.save_pretrained(writer.path, safe_serialization=True)
+        (writer.path / "README.md").unlink(missing_ok=True)  # peft's hub model card: nothing to say here
+        (writer.path / "training_config.json").write_text(json.dumps({
+            "pipeline": ctx.config.name, "training": asdict(ctx.config.training),
+            "system_prompt": ctx.config.prompting.system_prompt, "inputs": inputs,
+        }, indent=2) + "\n")
+        writer.commit(name=f"{ctx.config.name}-lora", source={**inputs, "fingerprint": run_id},
+                      metadata={**metrics, "tensorboard_run": str(tb_dir.relative_to(out)),
+                                "end_of_turn_ids": tokenizer.manifest.metadata.get("end_of_turn_ids")})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage(STAGE, __doc__ or STAGE, _run, _arguments, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""model-peft-server on a tiny random Llama: masking, batching, training, resume, TensorBoard, errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import write_config
+from private_finetuning.artifacts import ArtifactWriter, open_artifact
+from private_finetuning.batching import batch_order, padding_fraction
+from private_finetuning.chat import IGNORE_INDEX, encode_for_training, encode_prompt, with_system
+from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_INPUT_TIMEOUT
+from private_finetuning.stages import dataset_relocation, model_relocation, peft_training, tokenizer_relocation
+from private_finetuning.status_server import StageStatus, StatusServer, create_app
+
+FAST = {"max_steps": 6, "batch_size": 4, "checkpoint_every_steps": 2, "log_every_s": 0.01, "sample_generations": 2,
+        "projector_tokens": 20, "warmup_steps": 1, "lora": {"r": 4, "alpha": 8}}
+
+
+def publish_inputs(root: Path, model_dir: Path, dataset: dict | None = None) -> dict[str, Path]:
+    """Publish dataset, base model and tokenizer volumes with the real relocation stages."""
+    cfg = write_config(root / "inputs.yaml", {
+        "model": {"source": {"type": "hf-folder", "path": str(model_dir)}},
+        "dataset": dataset or {"source": {"size": "tiny"}}})
+    volumes = {name: root / name for name in ("datasets", "base-model", "base-tokenizer", "fine-tuned-model")}
+    for stage, volume in ((dataset_relocation, "datasets"), (model_relocation, "base-model"),
+                          (tokenizer_relocation, "base-tokenizer")):
+        assert stage.main(["--config", str(cfg), "--output", str(volumes[volume])]) == 0
+    return volumes
+
+
+def train_argv(config: Path, volumes: dict[str, Path]) -> list[str]:
+    return ["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
+            str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
+            "--output", str(volumes["fine-tuned-model"]), "--status-port", "0"]
+
+
+def train(tmp_path: Path, volumes: dict[str, Path], training: dict, **extra: object) -> int:
+    config = write_config(tmp_path / "train.yaml", {"training": training, **extra})
+    return peft_training.main(train_argv(config, volumes))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    return publish_inputs(tmp_path_factory.mktemp("inputs"), tiny_model_dir)
+
+
+@pytest.fixture
+def volumes(inputs: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """The shared input volumes with a fresh fine-tuned-model volume per test."""
+    return {**inputs, "fine-tuned-model": tmp_path / "fine-tuned-model"}
+
+
+# --- masking and batching -------------------------------------------------------------------------
+
+def test_only_assistant_tokens_carry_loss(tiny_tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    messages = with_system([{"role": "user", "content": "w1 w2"}, {"role": "assistant", "content": "w3 w4"},
+                            {"role": "user", "content": "w5"}, {"role": "assistant", "content": "w6"}], "w0")
+    encoded = encode_for_training(tok, messages)
+    trained = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]
+    assert tok.convert_ids_to_tokens(trained) == ["w3", "w4", "<|im_end|>", "w6", "<|im_end|>"]
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(encoded.input_ids, encoded.labels, strict=True))
+    # What is generated from at serving time is exactly the training context of the first answer.
+    prompt = encode_prompt(tok, messages[:2])
+    assert encoded.input_ids[:len(prompt)] == prompt
+
+
+def test_system_prompt_is_added_unless_present() -> None:
+    user = [{"role": "user", "content": "q"}]
+    assert with_system(user, "S")[0] == {"role": "system", "content": "S"}
+    own = [{"role": "system", "content": "mine"}, *user]
+    assert with_system(own, "S") == own
+
+
+def test_length_grouped_batches_cover_everything_with_less_padding() -> None:
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 200) for _ in range(500)]
+    grouped = batch_order(lengths, 8, seed=1, epoch=0, group_by_length=True)
+    plain = batch_order(lengths, 8, seed=1, epoch=0, group_by_length=False)
+    assert sorted(i for b in grouped for i in b) == list(range(500))
+    assert padding_fraction(grouped, lengths) < 0.1 < padding_fraction(plain, lengths)
+    assert grouped == batch_order(lengths, 8, seed=1, epoch=0, group_by_length=True)  # a resume replays it
+    assert grouped != batch_order(lengths, 8, seed=1, epoch=1, group_by_length=True)
+
+
+# --- a training run --------------------------------------------------------------------------------
+
+def test_training_publishes_an_adapter_with_tensorboard_logs(tmp_path: Path, volumes: dict[str, Path]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train(tmp_path, volumes, FAST) == 0
+    out = volumes["fine-tuned-model"]
+    adapter = open_artifact(out, "adapter", "lora-adapter")
+    names = {f.path for f in adapter.manifest.files}
+    assert names == {"adapter_model.safetensors", "adapter_config.json", "training_config.json"}
+    meta = adapter.manifest.metadata
+    assert meta["steps"] == 6 and meta["eval_loss"] > 0 and meta["tokens_per_s"] > 0
+    assert adapter.manifest.source["dataset"]["kind"] == "dataset"
+    assert json.loads(adapter.file("training_config.json").read_text())["training"]["max_steps"] == 6
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+    run = out / meta["tensorboard_run"]
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/tokens_per_s", "eval/loss"):
+        assert tag in scalars, tag
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert "samples/eval_answers/text_summary" in events.Tags()["tensors"]
+    projector = (run / "projector_config.pbtxt").read_text()
+    assert "token_embeddings" in projector
+    tensors = next(run.rglob("tensors.tsv")).read_text().splitlines()
+    # The word-level test tokenizer knows few AcmeHotels words, so fewer than 20 distinct tokens occur.
+    assert len(tensors) == meta["projector_tokens"] and 0 < meta["projector_tokens"] <= 20
+
+
+def test_loss_goes_down_on_data_it_can_learn(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Different questions, one answer: learnable even by a tiny random model, so the loss must fall.
+    rows = [{"prompt": f"w{i} w{i + 1}", "completion": "w5 w6 w7"} for i in range(12)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    volumes = publish_inputs(tmp_path, tiny_model_dir,
+                             {"source": {"type": "file", "path": str(tmp_path / "d.jsonl")}, "eval_fraction": 0.2})
+    # The random model's frozen lm_head (std 0.02, after RMSNorm) caps its logits near +-1, so it could
+    # never put most probability on one token; adapting lm_head too gives LoRA the reach to learn.
+    lora = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj", "down_proj", "lm_head"]}
+    training = {**FAST, "max_steps": 60, "learning_rate": 0.02, "lora": lora, "checkpoint_every_steps": 100}
+    assert train(tmp_path, volumes, training) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((volumes["fine-tuned-model"] / "runs").iterdir())))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_rerun_with_same_inputs_is_a_no_op(tmp_path: Path, volumes: dict[str, Path],
+                                           capsys: pytest.CaptureFixture) -> None:
+    assert train(tmp_path, volumes, FAST) == 0
+    first = (volumes["fine-tuned-model"] / "adapter" / "current").resolve()
+    assert train(tmp_path, volumes, FAST) == 0
+    assert (volumes["fine-tuned-model"] / "adapter" / "current").resolve() == first
+    assert "already published from the same inputs" in capsys.readouterr().err
+
+
+def test_killed_pod_resumes_from_its_checkpoint(tmp_path: Path, volumes: dict[str, Path]) -> None:
+    config = write_config(tmp_path / "train.yaml", {"training": {**FAST, "max_steps": 300, "checkpoint_every_steps": 5,
+                                                                 "sample_generations": 0}})
+    argv = [sys.executable, "-m", "private_finetuning.stages.peft_training", *train_argv(config, volumes)]
+    out = volumes["fine-tuned-model"]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("checkpoints/*/latest/current/manifest.json")):
+        assert first.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # no cleanup at all, like an evicted pod
+    first.wait()
+    assert not (out / "adapter").exists()  # never a half-trained adapter
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr[-2000:]
+    resumed = [line for line in second.stderr.splitlines() if "resuming from the checkpoint at step" in line]
+    assert resumed, second.stderr[-2000:]
+    assert int(resumed[0].split("at step ")[1].split()[0]) >= 5
+    assert open_artifact(out, "adapter", "lora-adapter").manifest.metadata["steps"] == 300
+
+
+# --- the status endpoint ---------------------------------------------------------------------------
+
+def test_status_endpoint_routes() -> None:
+    status = StageStatus("model-peft-server")
+    status.update(phase="training", step=5, total_steps=20, loss=1.5)
+    client = create_app(status).test_client()
+    assert client.get("/health").get_json() == {"status": "ok", "stage": "model-peft-server"}
+    progress = client.get("/progress").get_json()
+    assert progress["phase"] == "training" and progress["step"] == 5 and progress["percent"] == 25.0
+
+
+def test_status_server_answers_over_http() -> None:
+    status = StageStatus("s")
+    with StatusServer(status, host="127.0.0.1", port=0) as server:
+        status.update(phase="waiting-for-inputs")
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/progress", timeout=5) as response:
+            assert json.load(response)["phase"] == "waiting-for-inputs"
+
+
+# --- bad input: a clear error, a non-zero exit, nothing published -----------------------------------
+
+def assert_failed(code: int, expected_code: int, capsys: pytest.CaptureFixture, message: str, out: Path) -> None:
+    err = capsys.readouterr().err
+    assert code == expected_code, err[-2000:]
+    assert message in err, err[-2000:]
+    assert not (out / "adapter").exists()
+
+
+def test_missing_inputs_time_out_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = {name: tmp_path / name for name in ("datasets", "base-model", "base-tokenizer", "fine-tuned-model")}
+    code = train(tmp_path, empty, FAST, artifacts={"wait_timeout_s": 0.3, "poll_interval_s": 0.05})
+    assert_failed(code, EXIT_INPUT_TIMEOUT, capsys, "waiting for the dataset artifact", empty["fine-tuned-model"])
+
+
+def test_empty_dataset_is_refused(tmp_path: Path, volumes: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    datasets = tmp_path / "empty-datasets"
+    with ArtifactWriter(datasets, "dataset", kind="dataset", stage="test") as writer:
+        assert writer.path is not None
+        (writer.path / "train.jsonl").write_text("")
+        (writer.path / "eval.jsonl").write_text("")
+        writer.commit(name="empty", source={})
+    code = train(tmp_path, {**volumes, "datasets": datasets}, FAST)
+    assert_failed(code, EXIT_BAD_INPUT, capsys, "no usable train examples", volumes["fine-tuned-model"])
+
+
+def test_tokenizer_that_does_not_match_the_model(tmp_path: Path, tiny_model_dir: Path, volumes: dict[str, Path],
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.vocab_size = 50
+    small = tmp_path / "small-vocab"
+    LlamaForCausalLM(config).save_pretrained(small)
+    cfg = write_config(tmp_path / "m.yaml", {"model": {"source": {"type": "hf-folder", "path": str(small)}}})
+    assert model_relocation.main(["--config", str(cfg), "--output", str(tmp_path / "small-base")]) == 0
+    code = train(tmp_path, {**volumes, "base-model": tmp_path / "small-base"}, FAST)
+    assert_failed(code, EXIT_BAD_INPUT, capsys, "does not match the base model (50 embedding rows",
+                  volumes["fine-tuned-model"])
+
+
+def test_lora_target_the_model_lacks(tmp_path: Path, volumes: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    code = train(tmp_path, volumes, {**FAST, "lora": {"target_modules": ["q_proj", "c_attn"]}})
+    assert_failed(code, EXIT_BAD_INPUT, capsys, "training.lora.target_modules: c_attn not in the base model",
+                  volumes["fine-tuned-model"])
+
+
+def test_nan_loss_stops_training(tmp_path: Path, tiny_model_dir: Path, volumes: dict[str, Path],
+                                 capsys: pytest.CaptureFixture) -> None:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    broken = tmp_path / "nan-model"
+    model.save_pretrained(broken)
+    cfg = write_config(tmp_path / "m.yaml", {"model": {"source": {"type": "hf-folder", "path": str(broken)}}})
+    assert model_relocation.main(["--config", str(cfg), "--output", str(tmp_path / "nan-base")]) == 0
+    code = train(tmp_path, {**volumes, "base-model": tmp_path / "nan-base"}, FAST)
+    assert_failed(code, EXIT_BAD_INPUT, capsys, "the training loss became nan at step 1", volumes["fine-tuned-model"])
+
+
+def test_overlong_examples_are_named_or_dropped(tmp_path: Path, volumes: dict[str, Path],
+                                                capsys: pytest.CaptureFixture) -> None:
+    code = train(tmp_path, volumes, {**FAST, "max_seq_len": 8})
+    assert_failed(code, EXIT_BAD_INPUT, capsys, "train.jsonl:1: tokens long with the chat template"[:12],
+                  volumes["fine-tuned-model"])
+    code = train(tmp_path, volumes, {**FAST, "max_seq_len": 8, "overlong": "drop"})
+    assert_failed(code, EXIT_BAD_INPUT, capsys, "no usable train examples", volumes["fine-tuned-model"])
