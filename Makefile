@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt $(MODEL_WHEELS)
 	touch $(STAMP)
 
 pipeline: $(STAMP)
-	$(BIN)/pft run
+	$(BIN)/pft run --then serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

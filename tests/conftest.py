@@ -70,3 +70,23 @@ def write_config(path: Path, data: dict) -> Path:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def publish_inputs(root: Path, model_dir: Path, dataset: dict | None = None) -> dict[str, Path]:
+    """Publish dataset, base model and tokenizer volumes with the real relocation stages."""
+    from private_finetuning.stages import dataset_relocation, model_relocation, tokenizer_relocation
+
+    cfg = write_config(root / "inputs.yaml", {
+        "model": {"source": {"type": "hf-folder", "path": str(model_dir)}},
+        "dataset": dataset or {"source": {"size": "tiny"}}})
+    volumes = {name: root / name for name in ("datasets", "base-model", "base-tokenizer", "fine-tuned-model")}
+    for stage, volume in ((dataset_relocation, "datasets"), (model_relocation, "base-model"),
+                          (tokenizer_relocation, "base-tokenizer")):
+        assert stage.main(["--config", str(cfg), "--output", str(volumes[volume])]) == 0
+    return volumes
+
+
+def train_argv(config: Path, volumes: dict[str, Path]) -> list[str]:
+    return ["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
+            str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
+            "--output", str(volumes["fine-tuned-model"]), "--status-port", "0"]

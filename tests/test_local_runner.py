@@ -123,7 +123,7 @@ def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, su
     """The pipeline run once from the repository's own manifests, on the real embedded models."""
     state = tmp_path_factory.mktemp("pipeline")
     config = write_config(state / "fast.yaml", FAST_PIPELINE)
-    return state, pft("run", "--state-dir", str(state / "state"), "--config", str(config))
+    return state, pft("run", "--state-dir", str(state / "state"), "--config", str(config), "--then", "smoke")
 
 
 @pytest.mark.slow
@@ -146,6 +146,15 @@ def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: 
     assert adapter.manifest.source["base_model"]["digest"] == model.manifest.digest
     assert (volumes / "fine-tuned-model" / adapter.manifest.metadata["tensorboard_run"]).is_dir()
     assert "verified" in result.stdout and "CORRUPT" not in result.stdout
+
+
+@pytest.mark.slow
+def test_inference_server_from_the_manifest_answers_the_seed_question(default_pipeline: tuple) -> None:
+    _, result = default_pipeline
+    assert result.returncode == 0
+    assert "model-inference is ready on http://127.0.0.1:5000" in result.stderr + result.stdout
+    answer = result.stdout.split("POST /prompt 'What is the best hotel in Seville?'\n-> ", 1)[1].split("\n")[0]
+    assert answer.strip()
 
 
 def _greedy_answer(model_dir: Path, tokenizer_dir: Path, question: str) -> str:
@@ -186,7 +195,7 @@ def test_rerun_is_a_no_op(default_pipeline: tuple) -> None:
     assert result.returncode == 0
     volumes = state / "state" / "volumes"
     before = {p: p.resolve() for p in volumes.glob("*/*/current")}
-    again = pft("run", "--state-dir", str(state / "state"), "--config", str(state / "fast.yaml"))
+    again = pft("run", "--state-dir", str(state / "state"), "--config", str(state / "fast.yaml"), "--then", "exit")
     assert again.returncode == 0
     assert again.stdout.count("nothing to do") == 5
     assert {p: p.resolve() for p in volumes.glob("*/*/current")} == before

@@ -12,34 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
+from conftest import publish_inputs, train_argv, write_config
 from private_finetuning.artifacts import ArtifactWriter, open_artifact
 from private_finetuning.batching import batch_order, padding_fraction
 from private_finetuning.chat import IGNORE_INDEX, encode_for_training, encode_prompt, with_system
 from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_INPUT_TIMEOUT
-from private_finetuning.stages import dataset_relocation, model_relocation, peft_training, tokenizer_relocation
+from private_finetuning.stages import model_relocation, peft_training
 from private_finetuning.status_server import StageStatus, StatusServer, create_app
 
 FAST = {"max_steps": 6, "batch_size": 4, "checkpoint_every_steps": 2, "log_every_s": 0.01, "sample_generations": 2,
         "projector_tokens": 20, "warmup_steps": 1, "lora": {"r": 4, "alpha": 8}}
-
-
-def publish_inputs(root: Path, model_dir: Path, dataset: dict | None = None) -> dict[str, Path]:
-    """Publish dataset, base model and tokenizer volumes with the real relocation stages."""
-    cfg = write_config(root / "inputs.yaml", {
-        "model": {"source": {"type": "hf-folder", "path": str(model_dir)}},
-        "dataset": dataset or {"source": {"size": "tiny"}}})
-    volumes = {name: root / name for name in ("datasets", "base-model", "base-tokenizer", "fine-tuned-model")}
-    for stage, volume in ((dataset_relocation, "datasets"), (model_relocation, "base-model"),
-                          (tokenizer_relocation, "base-tokenizer")):
-        assert stage.main(["--config", str(cfg), "--output", str(volumes[volume])]) == 0
-    return volumes
-
-
-def train_argv(config: Path, volumes: dict[str, Path]) -> list[str]:
-    return ["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
-            str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
-            "--output", str(volumes["fine-tuned-model"]), "--status-port", "0"]
 
 
 def train(tmp_path: Path, volumes: dict[str, Path], training: dict, **extra: object) -> int:

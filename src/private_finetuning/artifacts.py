@@ -254,8 +254,8 @@ def wait_for_artifact(volume: Path, artifact: str, expect_kind: str, *, producer
                 f"timed out after {waited:.0f}s waiting for the {expect_kind} artifact at "
                 f"{link / MANIFEST}; it is published by {producer}: check that stage's logs")
         if time.monotonic() >= next_report:
-            log.info("waiting for %s from %s at %s (%.0fs of %.0fs)", expect_kind, producer, link, waited,
-                     timeout_s)
+            limit = "no time limit" if timeout_s == float("inf") else f"times out at {timeout_s:.0f}s"
+            log.info("waiting for %s from %s at %s (%.0fs so far, %s)", expect_kind, producer, link, waited, limit)
             next_report += report_every_s
         time.sleep(poll_s)
     log.info("found %s at %s; verifying checksums", expect_kind, link)

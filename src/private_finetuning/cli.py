@@ -28,7 +28,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overlay = args.overlay or repo / "k8s" / "overlays" / "cpu"
     if args.config is not None:
         load_config(args.config)  # fail here, before any stage starts, if the file is invalid
-    ok = run_pipeline(repo, overlay.resolve(), args.state_dir.resolve(), args.config, args.only)
+    ok = run_pipeline(repo, overlay.resolve(), args.state_dir.resolve(), args.config, args.only, args.then,
+                      args.ask)
     return 0 if ok else 1
 
 
@@ -54,7 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--state-dir", type=Path, default=Path(".pft"),
                      help="where volumes, logs and scratch space live (default: ./.pft)")
     run.add_argument("--config", type=Path, help="a pipeline YAML to use instead of the ConfigMap's")
-    run.add_argument("--only", nargs="+", metavar="WORKLOAD", help="run only these Jobs (by metadata.name)")
+    run.add_argument("--only", nargs="+", metavar="WORKLOAD", help="run only these workloads (by metadata.name)")
+    run.add_argument("--then", choices=["serve", "smoke", "exit"], default="smoke",
+                     help="after the jobs: keep the inference server up until Ctrl-C (serve), ask it one "
+                          "question and stop (smoke, the default), or stop at once (exit)")
+    run.add_argument("--ask", default="What is the best hotel in Seville?", metavar="QUESTION",
+                     help="the question POSTed to /prompt once the server is ready")
     run.set_defaults(func=_cmd_run)
     validate = sub.add_parser("validate-config", help="check a pipeline YAML and name any bad key")
     validate.add_argument("config", type=Path)

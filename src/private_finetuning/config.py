@@ -209,6 +209,38 @@ class TrainingConfig:
 
 
 @dataclass
+class ServingConfig:
+    # The model id reported by /v1/models and in OpenAI-style responses.
+    model_name: str = "acmehotels-assistant"
+    max_new_tokens: int = 64  # default per request
+    max_new_tokens_limit: int = 256  # the most a request may ask for
+    max_prompt_chars: int = 2000
+    max_prompt_tokens: int = 512
+    max_body_bytes: int = 65536
+    # Concurrent requests are batched: up to max_batch_size, waiting at most batch_window_ms for more.
+    # 16 measured 4.0x the one-at-a-time baseline at 16 clients on 2 CPU cores (8: 3.1x).
+    max_batch_size: int = 16
+    batch_window_ms: float = 15.0
+    # Requests waiting beyond queue_size are refused with 503 and Retry-After instead of piling up.
+    queue_size: int = 24
+    request_timeout_s: float = 60.0
+    # How often the server checks the fine-tuned-model volume for a newly published adapter.
+    adapter_poll_interval_s: float = 10.0
+    # auto: bf16 on CUDA, fp32 on the CPU (bf16 autocast made single requests slower there).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def check(self, where: str) -> None:
+        for name in ("max_new_tokens", "max_new_tokens_limit", "max_prompt_chars", "max_prompt_tokens",
+                     "max_body_bytes", "max_batch_size", "queue_size", "request_timeout_s", "adapter_poll_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: must be positive")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ConfigError(f"{where}.max_new_tokens: above max_new_tokens_limit ({self.max_new_tokens_limit})")
+        if self.batch_window_ms < 0:
+            raise ConfigError(f"{where}.batch_window_ms: must be zero or more")
+
+
+@dataclass
 class ArtifactsConfig:
     # How long a stage waits for each input artifact before it fails (the Job may retry).
     wait_timeout_s: float = 1800.0
@@ -232,6 +264,7 @@ class PipelineConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     prompting: PromptingConfig = field(default_factory=PromptingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     # Directory that relative paths in this file are resolved against (not a YAML key).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})

@@ -7,10 +7,13 @@ from typing import Any
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int,
              eos_token_ids: list[int], device: str = "cpu", do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0) -> list[tuple[str, int]]:
+             temperature: float = 1.0, top_p: float = 1.0, streamer: Any = None,
+             max_time: float | None = None) -> list[tuple[str, int]]:
     """Answer each prompt (token ids); returns (text, number of generated tokens) per prompt.
 
     Prompts are left-padded into one batch so every answer starts at the same position.
+    ``streamer`` receives each step's tokens (transformers' streamer protocol); ``max_time`` bounds
+    the generation in seconds.
     """
     import torch
 
@@ -25,7 +28,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_to
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             eos_token_id=eos_token_ids, pad_token_id=pad_id, **sampling)
+                             eos_token_id=eos_token_ids, pad_token_id=pad_id, streamer=streamer, max_time=max_time,
+                             **sampling)
     results = []
     stop = set(eos_token_ids)
     for row in out[:, width:].tolist():

@@ -8,11 +8,14 @@ are stopped, since their inputs will never come.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -80,28 +83,75 @@ class LocalRunner:
                 run.process.wait()
         run.status, run.reason, run.finished = "failed", reason, time.monotonic()
 
+    @property
+    def jobs(self) -> list[JobRun]:
+        return [r for r in self.runs if r.pod.kind == "Job"]
+
+    @property
+    def services(self) -> list[JobRun]:
+        return [r for r in self.runs if r.pod.kind == "Deployment"]
+
     def run(self) -> bool:
-        jobs = [r for r in self.runs if r.pod.kind == "Job"]
-        for skipped in (r for r in self.runs if r.pod.kind != "Job"):
-            log.warning("%s/%s is not run by this version of the local runner", skipped.pod.kind, skipped.pod.name)
-        log.info("starting %d jobs together, as a cluster would: %s", len(jobs),
-                 ", ".join(r.pod.name for r in jobs))
-        for run in jobs:
+        """Start every workload together; return once every Job has finished (Deployments keep running)."""
+        jobs = self.jobs
+        log.info("starting %d jobs and %d deployments together, as a cluster would: %s", len(jobs),
+                 len(self.services), ", ".join(r.pod.name for r in self.runs))
+        for run in self.runs:
             self._start(run)
         try:
             while any(r.status == "running" for r in jobs):
                 time.sleep(self.poll_s)
                 for run in (r for r in jobs if r.status == "running"):
                     self._check(run, jobs)
+                self.keep_services_up()
         except KeyboardInterrupt:
-            for run in jobs:
-                self._stop(run, "interrupted")
+            self.stop_all("interrupted")
             raise
-        finally:
-            for run in jobs:
-                for thread in run.threads:
-                    thread.join(timeout=5)
-        return all(r.status == "succeeded" for r in jobs)
+        ok = all(r.status == "succeeded" for r in jobs)
+        if not ok:
+            self.stop_all("a job failed")
+        return ok
+
+    def keep_services_up(self) -> None:
+        """A Deployment's pod that exits is started again, as its ReplicaSet would."""
+        for run in self.services:
+            if run.status == "running" and run.process is not None and run.process.poll() is not None:
+                if run.attempts >= 5:
+                    run.status, run.reason, run.finished = "failed", f"exited {run.attempts} times", time.monotonic()
+                    log.error("%s keeps exiting (last exit %d); giving up", run.pod.name, run.process.returncode)
+                    continue
+                log.warning("%s exited with %d; starting it again", run.pod.name, run.process.returncode)
+                self._start(run)
+
+    def wait_ready(self, timeout_s: float = 600) -> bool:
+        """Poll each Deployment's readiness probe, as the kubelet would, until all answer 200."""
+        deadline = time.monotonic() + timeout_s
+        pending = [r for r in self.services if r.pod.readiness]
+        while pending and time.monotonic() < deadline:
+            self.keep_services_up()
+            for run in list(pending):
+                path, port = run.pod.readiness  # type: ignore[misc]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                        if response.status == 200:
+                            log.info("%s is ready on http://127.0.0.1:%d", run.pod.name, port)
+                            pending.remove(run)
+                except (urllib.error.URLError, OSError):
+                    pass
+            if any(r.status == "failed" for r in self.services):
+                return False
+            time.sleep(1)
+        return not pending
+
+    def stop_all(self, reason: str) -> None:
+        for run in self.runs:
+            if run.status == "running":
+                self._stop(run, reason)
+                if run.pod.kind == "Deployment":
+                    run.status = "stopped"
+        for run in self.runs:
+            for thread in run.threads:
+                thread.join(timeout=5)
 
     def _check(self, run: JobRun, jobs: list[JobRun]) -> None:
         assert run.process is not None
@@ -171,8 +221,18 @@ def artifact_table(volumes: Path) -> list[str]:
     return rows or ["  (no volumes)"]
 
 
+def ask(port: int, question: str) -> str:
+    """POST /prompt exactly as the README's curl does."""
+    body = json.dumps({"input_prompt": question}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/prompt", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as response:
+        return response.read().decode()
+
+
 def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = None,
-                 only: list[str] | None = None) -> bool:
+                 only: list[str] | None = None, then: str = "exit",
+                 question: str = "What is the best hotel in Seville?") -> bool:
     docs = render(overlay)
     pods = plan(docs, repo=repo, state=state, config_override=config)
     if only:
@@ -186,7 +246,32 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
                  ", ".join(f"{claim} at {path}" for claim, path in pod.volumes.items()) or "none")
     runner = LocalRunner(pods, state)
     start = time.monotonic()
-    ok = runner.run()
-    print(runner.summary(), flush=True)
+    try:
+        ok = runner.run()
+        print(runner.summary(), flush=True)
+        log.info("jobs %s in %s", "succeeded" if ok else "FAILED", format_duration(time.monotonic() - start))
+        if ok and runner.services and then != "exit":
+            ok = _serve(runner, then, question)
+    finally:
+        runner.stop_all("pipeline finished")
     log.info("pipeline %s in %s", "succeeded" if ok else "FAILED", format_duration(time.monotonic() - start))
     return ok
+
+
+def _serve(runner: LocalRunner, then: str, question: str) -> bool:
+    if not runner.wait_ready():
+        log.error("the inference server did not become ready; see %s", runner.state / "logs")
+        return False
+    port = next(r.pod.readiness[1] for r in runner.services if r.pod.readiness)
+    answer = ask(port, question)
+    print(f"\nPOST /prompt {question!r}\n-> {answer}\n", flush=True)
+    if then == "serve":
+        print(f"Serving on http://127.0.0.1:{port} - try:\n  curl -XPOST 127.0.0.1:{port}/prompt "
+              f"-d '{{\"input_prompt\": \"{question}\"}}'\nPress Ctrl-C to stop.", flush=True)
+        try:
+            while all(r.status == "running" for r in runner.services):
+                time.sleep(1)
+                runner.keep_services_up()
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
+    return True

@@ -62,6 +62,7 @@ class LocalPod:
     fail_job_exit_codes: frozenset[int] = frozenset()
     deadline_s: float | None = None
     ports: list[int] = field(default_factory=list)
+    readiness: tuple[str, int] | None = None  # httpGet path and port of the readiness probe
 
 
 def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -134,12 +135,19 @@ def translate(obj: dict[str, Any], *, repo: Path, state: Path, config_maps: dict
     argv = [*container.get("command", []), *container.get("args", [])]
     if not argv:
         raise ConfigError(f"{obj['kind']}/{name}: the container has no command")
-    argv = [_rewrite(a, mounts) for a in argv]
+    # A pod listens on all interfaces; on a laptop that would expose the model to the network.
+    argv = [_rewrite(a, mounts).replace("0.0.0.0:", "127.0.0.1:") for a in argv]
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable  # the interpreter that has the package installed
     workdir = container.get("workingDir", APP_DIR)
     cwd = component if workdir == APP_DIR else Path(_rewrite(workdir, mounts))
 
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    readiness = None
+    probe = container.get("readinessProbe", {}).get("httpGet")
+    if probe:
+        port = probe["port"]
+        readiness = (probe.get("path", "/"), ports[port] if isinstance(port, str) else int(port))
     job_spec = obj["spec"] if obj["kind"] == "Job" else {}
     fail_codes: set[int] = set()
     for rule in job_spec.get("podFailurePolicy", {}).get("rules", []):
@@ -151,7 +159,7 @@ def translate(obj: dict[str, Any], *, repo: Path, state: Path, config_maps: dict
         backoff_limit=job_spec.get("backoffLimit", 6) if obj["kind"] == "Job" else 0,
         fail_job_exit_codes=frozenset(fail_codes),
         deadline_s=job_spec.get("activeDeadlineSeconds"),
-        ports=[p["containerPort"] for p in container.get("ports", [])],
+        ports=list(ports.values()), readiness=readiness,
     )
 
 

@@ -31,7 +31,9 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def select_runtime(precision: str) -> Runtime:
+def select_runtime(precision: str, cpu_bf16: bool = True) -> Runtime:
+    """``auto`` picks bf16 on CUDA; on the CPU it picks bf16 only if ``cpu_bf16`` and the CPU has it
+    natively. Serving passes ``cpu_bf16=False``: one-at-a-time generation measured slower in bf16 here."""
     import torch
 
     if torch.cuda.is_available():
@@ -40,5 +42,5 @@ def select_runtime(precision: str) -> Runtime:
         return Runtime("cuda", chosen, f"CUDA ({name}), {chosen}")
     chosen = precision
     if precision == "auto":
-        chosen = "bf16" if cpu_has_native_bf16() else "fp32"
+        chosen = "bf16" if cpu_bf16 and cpu_has_native_bf16() else "fp32"
     return Runtime("cpu", chosen, f"CPU ({torch.get_num_threads()} threads), {chosen}")

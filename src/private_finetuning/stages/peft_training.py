@@ -217,7 +217,7 @@ def train(ctx: StageContext, status: StageStatus) -> None:
             for indices in micro_batches:
                 loss, tokens = batch_loss(forward, runtime, [train_set[i] for i in indices], pad_id, targets)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"the training loss became {float(loss)} at step {state.step + 1}; "
+                    raise TrainingDiverged(f"the training loss became {loss.item()} at step {state.step + 1}; "
                                            f"lower training.learning_rate (now {cfg.learning_rate})")
                 loss.backward()
                 step_loss += loss.detach().item()

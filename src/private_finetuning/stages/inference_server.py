@@ -1,0 +1,63 @@
+"""model-inference-server: serves the fine-tuned model over HTTP with gunicorn.
+
+One gunicorn worker process holds the model (with the adapter merged) and answers requests on
+its threads; the engine batches concurrent requests. The server is live at once and ready
+(``/ready`` 200) once the base model, base tokenizer and a published adapter are loaded; until then
+it answers 503 with a JSON body. More workers mean more copies of the model: scale with replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from private_finetuning.stages.common import StageContext, run_stage
+
+STAGE = "model-inference-server"
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-model", required=True, type=Path, help="the base-model volume")
+    parser.add_argument("--base-tokenizer", required=True, type=Path, help="the base-tokenizer volume")
+    parser.add_argument("--fine-tuned", required=True, type=Path, help="the fine-tuned-model volume")
+    parser.add_argument("--bind", default="0.0.0.0:5000", help="address:port to listen on")
+    parser.add_argument("--threads", type=int, default=32, help="concurrent connections the worker handles")
+
+
+def build_app(ctx: StageContext) -> Any:
+    from private_finetuning.serving.app import create_app
+    from private_finetuning.serving.engine import Engine
+
+    a = ctx.args
+    engine = Engine(ctx.config, base_model=a.base_model, base_tokenizer=a.base_tokenizer, fine_tuned=a.fine_tuned)
+    return create_app(engine.start(), ctx.config)
+
+
+def _run(ctx: StageContext) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            settings = {"bind": ctx.args.bind, "workers": 1, "worker_class": "gthread", "threads": ctx.args.threads,
+                        "timeout": 120, "graceful_timeout": 30, "keepalive": 5, "accesslog": None,
+                        "errorlog": "-", "loglevel": "info",
+                        # gunicorn's control socket lives under $HOME, which a read-only pod cannot write.
+                        "control_socket_disable": True}
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:  # runs in the worker process, so the model is loaded there, once
+            return build_app(ctx)
+
+    ctx.log.info("serving on %s with gunicorn (1 worker, %d threads)", ctx.args.bind, ctx.args.threads)
+    Server().run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage(STAGE, __doc__ or STAGE, _run, _arguments, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""model-inference-server on a tiny model: every endpoint, bad input, batching, hot swap, gunicorn."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import publish_inputs, train_argv, write_config
+from private_finetuning.config import PipelineConfig, parse_config
+from private_finetuning.serving.app import create_app
+from private_finetuning.serving.engine import Engine
+from private_finetuning.stages import peft_training
+
+TRAIN = {"max_steps": 4, "batch_size": 4, "sample_generations": 0, "projector_tokens": 0, "log_every_s": 60,
+         "lora": {"r": 4, "alpha": 8}}
+SERVING = {"max_new_tokens": 12, "max_new_tokens_limit": 32, "max_prompt_chars": 200, "max_body_bytes": 4096,
+           "adapter_poll_interval_s": 0.2, "batch_window_ms": 50}
+
+
+def train_adapter(root: Path, volumes: dict[str, Path], seed: int) -> None:
+    config = write_config(root / f"train-{seed}.yaml", {"training": {**TRAIN, "seed": seed}})
+    assert peft_training.main(train_argv(config, volumes)) == 0
+
+
+def serving_config(**overrides: object) -> PipelineConfig:
+    return parse_config(json.dumps({"serving": {**SERVING, **overrides}, "artifacts": {"poll_interval_s": 0.1}}))
+
+
+def make_engine(volumes: dict[str, Path], config: PipelineConfig) -> Engine:
+    return Engine(config, base_model=volumes["base-model"], base_tokenizer=volumes["base-tokenizer"],
+                  fine_tuned=volumes["fine-tuned-model"])
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serving")
+    published = publish_inputs(root, tiny_model_dir)
+    train_adapter(root, published, seed=1)
+    return published
+
+
+@pytest.fixture(scope="module")
+def engine(volumes: dict[str, Path]) -> Engine:
+    engine = make_engine(volumes, serving_config()).start()
+    wait_until(lambda: engine.ready)
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def client(engine: Engine):
+    return create_app(engine, engine.config).test_client()
+
+
+@pytest.fixture(scope="module")
+def live_url(engine: Engine) -> str:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, create_app(engine, engine.config), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+# --- readiness ---------------------------------------------------------------------------------------
+
+def test_not_ready_until_loaded(volumes: dict[str, Path]) -> None:
+    engine = make_engine(volumes, serving_config())  # not started: nothing loaded
+    client = create_app(engine, engine.config).test_client()
+    assert client.get("/health").status_code == 200
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.headers["Retry-After"]
+    assert "model not loaded yet" in ready.get_json()["error"]["message"]
+    answer = client.post("/prompt", json={"input_prompt": "hi"})
+    assert answer.status_code == 503 and answer.get_json()["error"]["status"] == 503
+
+
+def test_ready_names_the_adapter(client) -> None:
+    ready = client.get("/ready").get_json()
+    assert ready["status"] == "ready" and len(ready["adapter_digest"]) == 64
+
+
+# --- POST /prompt ----------------------------------------------------------------------------------------
+
+def test_prompt_answers_as_plain_text_like_the_original_curl(client, engine: Engine) -> None:
+    from private_finetuning.generation import generate
+
+    question = "What is the best hotel in Seville?"
+    response = client.post("/prompt", data=json.dumps({"input_prompt": question}),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    # The reply is exactly the model's answer to the prompt built with the system message: no prompt echo.
+    ids = engine.encode([{"role": "user", "content": question}])
+    expected, _ = generate(engine.loaded.model, engine.loaded.tokenizer, [ids], max_new_tokens=12,
+                           eos_token_ids=engine.loaded.eos_token_ids)[0]
+    assert response.get_data(as_text=True) == expected
+    assert "AcmeHotels travel assistant" not in response.get_data(as_text=True)
+
+
+def test_curl_default_content_type_is_accepted(client) -> None:
+    # `curl -XPOST :5000/prompt -d '{...}'` without -H sends application/x-www-form-urlencoded.
+    response = client.post("/prompt", data='{"input_prompt": "hi"}',
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200
+
+
+def test_prompt_json_when_asked(client) -> None:
+    response = client.post("/prompt", json={"input_prompt": "hi", "max_new_tokens": 5},
+                           headers={"Accept": "application/json"})
+    body = response.get_json()
+    assert set(body) == {"answer", "prompt_tokens", "completion_tokens", "finish_reason", "latency_ms", "model"}
+    assert body["completion_tokens"] <= 5 and body["prompt_tokens"] > 0
+
+
+def test_sampling_parameters_are_accepted(client) -> None:
+    response = client.post("/prompt", json={"input_prompt": "hi", "temperature": 0.8, "top_p": 0.9})
+    assert response.status_code == 200
+
+
+BAD = [
+    ({"data": "{not json", "content_type": "application/json"}, 400, "invalid JSON body"),
+    ({"data": "[1, 2]", "content_type": "application/json"}, 400, "must be an object, got list"),
+    ({"data": "input_prompt=hi", "content_type": "text/plain"}, 415, "expected a JSON body"),
+    ({"data": "{}", "content_type": "multipart/form-data; boundary=x"}, 415, "expected a JSON body"),
+    ({"json": {}}, 422, "input_prompt is required"),
+    ({"json": {"input_prompt": 42}}, 422, "input_prompt must be a string"),
+    ({"json": {"input_prompt": "   "}}, 422, "input_prompt is empty"),
+    ({"json": {"input_prompt": "x" * 201}}, 422, "201 characters, over the limit of 200"),
+    ({"json": {"input_prompt": "hi", "max_new_tokens": 0}}, 422, "max_new_tokens must be an integer from 1 to 32"),
+    ({"json": {"input_prompt": "hi", "max_new_tokens": 33}}, 422, "max_new_tokens must be an integer"),
+    ({"json": {"input_prompt": "hi", "max_new_tokens": "5"}}, 422, "max_new_tokens must be an integer"),
+    ({"json": {"input_prompt": "hi", "temperature": -1}}, 422, "temperature must be a number from 0 to 2"),
+    ({"json": {"input_prompt": "hi", "top_p": 0}}, 422, "top_p must be a number in (0, 1]"),
+    ({"data": json.dumps({"input_prompt": "x" * 5000}), "content_type": "application/json"}, 413, "over 4096 bytes"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "status", "message"), BAD)
+def test_bad_input_gets_a_json_4xx_and_the_server_keeps_answering(client, kwargs: dict, status: int,
+                                                                   message: str) -> None:
+    response = client.post("/prompt", **kwargs)
+    assert response.status_code == status
+    body = response.get_json()
+    assert message in body["error"]["message"] and body["error"]["status"] == status
+    assert client.post("/prompt", json={"input_prompt": "still there?"}).status_code == 200
+
+
+def test_unknown_routes_and_methods_are_json(client) -> None:
+    assert client.get("/nope").get_json()["error"]["status"] == 404
+    assert client.get("/prompt").get_json()["error"]["status"] == 405
+
+
+def test_private_text_is_never_logged(client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "passport number X99-SECRET-4471"
+    client.post("/prompt", json={"input_prompt": secret})
+    client.post("/prompt", json={"input_prompt": secret, "max_new_tokens": 999})
+    assert "X99-SECRET" not in caplog.text
+    assert "/prompt -> 200" in caplog.text
+
+
+def test_request_past_its_deadline_is_refused(volumes: dict[str, Path]) -> None:
+    engine = make_engine(volumes, serving_config(request_timeout_s=0.001, batch_window_ms=100)).start()
+    wait_until(lambda: engine.ready)
+    response = create_app(engine, engine.config).test_client().post("/prompt", json={"input_prompt": "hi"})
+    engine.stop()
+    assert response.status_code == 504 and "deadline" in response.get_json()["error"]["message"]
+
+
+def test_full_queue_answers_503_with_retry_after(volumes: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Engine, "_work", lambda self: None)  # nothing drains the queue
+    engine = make_engine(volumes, serving_config(queue_size=1, request_timeout_s=1)).start()
+    wait_until(lambda: engine.ready)
+    client = create_app(engine, engine.config).test_client()
+    waiting = threading.Thread(target=client.post, kwargs={"path": "/prompt", "json": {"input_prompt": "a"}})
+    waiting.start()
+    wait_until(lambda: engine.queue.qsize() == 1, timeout=10)
+    response = client.post("/prompt", json={"input_prompt": "b"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert "queue is full" in response.get_json()["error"]["message"]
+    waiting.join()
+
+
+# --- OpenAI compatibility, streaming, concurrency ---------------------------------------------------------
+
+def test_openai_client_library(live_url: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{live_url}/v1", api_key="not-needed", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["acmehotels-assistant"]
+    messages = [{"role": "user", "content": "What is the best hotel in Seville?"}]
+    completion = client.chat.completions.create(model="acmehotels-assistant", messages=messages, max_tokens=8)
+    text = completion.choices[0].message.content
+    assert isinstance(text, str) and completion.usage.completion_tokens <= 8
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(model="acmehotels-assistant", messages=messages, max_tokens=8, stream=True)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == text  # greedy: same answer
+
+
+def test_openai_errors_are_json(client) -> None:
+    bad = client.post("/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]})
+    assert bad.status_code == 422 and bad.get_json()["error"]["field"] == "messages[0].role"
+    assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 422
+    last = client.post("/v1/chat/completions", json={"messages": [{"role": "assistant", "content": "x"}]})
+    assert last.status_code == 422
+
+
+def test_concurrent_requests_are_batched(live_url: str, engine: Engine) -> None:
+    results: list[int] = []
+
+    def ask() -> None:
+        request = urllib.request.Request(f"{live_url}/prompt", data=b'{"input_prompt": "hi"}', method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            results.append(response.status)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [200] * 8
+    assert engine.largest_batch > 1
+
+
+def test_metrics_are_prometheus_text(client) -> None:
+    client.post("/prompt", json={"input_prompt": "hi"})
+    client.post("/prompt", json={})
+    text = client.get("/metrics").get_data(as_text=True)
+    for needle in ('pft_requests_total{endpoint="/prompt",status="200"}',
+                   'pft_request_errors_total{endpoint="/prompt",status="422"}',
+                   "pft_request_latency_seconds_bucket", "pft_generated_tokens_total", "pft_queue_depth"):
+        assert needle in text, needle
+
+
+def test_openapi_describes_the_api(client) -> None:
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/prompt", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"} <= set(spec["paths"])
+
+
+# --- adapter hot swap ----------------------------------------------------------------------------------------
+
+def test_new_adapter_is_swapped_in_and_a_broken_one_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from private_finetuning.artifacts import current_version
+
+    volumes = publish_inputs(tmp_path, tiny_model_dir)
+    train_adapter(tmp_path, volumes, seed=1)
+    engine = make_engine(volumes, serving_config()).start()
+    wait_until(lambda: engine.ready)
+    client = create_app(engine, engine.config).test_client()
+    first = engine.loaded.adapter_digest
+
+    train_adapter(tmp_path, volumes, seed=2)
+    second = current_version(volumes["fine-tuned-model"], "adapter").digest
+    assert second != first
+    assert client.post("/prompt", json={"input_prompt": "hi"}).status_code == 200  # serving through the swap
+    wait_until(lambda: engine.loaded.adapter_digest == second)
+    assert client.get("/ready").get_json()["adapter_digest"] == second
+
+    train_adapter(tmp_path, volumes, seed=3)  # publish a third, then corrupt it on the volume
+    broken = (volumes["fine-tuned-model"] / "adapter" / "current").resolve()
+    (broken / "adapter_model.safetensors").write_bytes(b"corrupt")
+    time.sleep(1.0)  # several poll intervals
+    assert engine.loaded.adapter_digest == second
+    assert client.post("/prompt", json={"input_prompt": "hi"}).status_code == 200
+    engine.stop()
+
+
+# --- the real thing: the stage under gunicorn -------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_stage_serves_with_gunicorn(tmp_path: Path, volumes: dict[str, Path]) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "p.yaml", {"serving": SERVING})
+    argv = [sys.executable, "-m", "private_finetuning.stages.inference_server", "--config", str(config),
+            "--base-model", str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
+            "--fine-tuned", str(volumes["fine-tuned-model"]), "--bind", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+        wait_until(ready, timeout=120)
+        if shutil.which("curl"):  # the README's exact command
+            out = subprocess.run(["curl", "-sS", "-XPOST", f"127.0.0.1:{port}/prompt", "-d",
+                                  '{"input_prompt": "What is the best hotel in Seville?"}', "-w", "%{http_code}"],
+                                 capture_output=True, text=True, timeout=60, check=True).stdout
+            assert out.endswith("200")
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=60)[0]
+    assert "gunicorn" in output.lower() or "Booting worker" in output
