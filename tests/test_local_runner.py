@@ -115,6 +115,7 @@ def test_invalid_config_is_refused_before_any_stage_starts(tmp_path: Path) -> No
 FAST_PIPELINE = {
     "dataset": {"source": {"size": "tiny"}},
     "training": {"max_steps": 3, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50},
+    "evaluation": {"samples": 4, "max_new_tokens": 8},
 }
 
 
@@ -145,6 +146,9 @@ def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: 
     assert adapter.manifest.metadata["steps"] == 3
     assert adapter.manifest.source["base_model"]["digest"] == model.manifest.digest
     assert (volumes / "fine-tuned-model" / adapter.manifest.metadata["tensorboard_run"]).is_dir()
+    report = open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report")
+    assert report.manifest.source["adapter"]["digest"] == adapter.manifest.digest
+    assert set(report.manifest.metadata["fact_accuracy"]) == {"base", "fine_tuned", "reference"}
     assert "verified" in result.stdout and "CORRUPT" not in result.stdout
 
 
@@ -197,5 +201,5 @@ def test_rerun_is_a_no_op(default_pipeline: tuple) -> None:
     before = {p: p.resolve() for p in volumes.glob("*/*/current")}
     again = pft("run", "--state-dir", str(state / "state"), "--config", str(state / "fast.yaml"), "--then", "exit")
     assert again.returncode == 0
-    assert again.stdout.count("nothing to do") == 5
+    assert again.stdout.count("nothing to do") == 6
     assert {p: p.resolve() for p in volumes.glob("*/*/current")} == before

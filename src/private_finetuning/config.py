@@ -209,6 +209,39 @@ class TrainingConfig:
 
 
 @dataclass
+class EvaluationGates:
+    """Thresholds that, when set and not met, make the evaluation Job fail (exit 4) with the reason."""
+
+    # Fine-tuned fact accuracy minus the base model's, e.g. 0.2 for at least 20 points better.
+    min_fact_accuracy_gain: float | None = None
+    min_fact_accuracy: float | None = None
+    # Mean KL(base || fine-tuned) on the general prompts: how far general behaviour may drift.
+    max_forgetting_kl: float | None = None
+    # Allowed relative rise of the perplexity on general text, e.g. 0.25 for +25%.
+    max_general_perplexity_increase: float | None = None
+
+
+@dataclass
+class EvaluationConfig:
+    # Held-out questions scored per model (0: all of the eval split); picked evenly across it.
+    samples: int = 48
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    # Compare with the reference model too (it is the slowest of the three to run).
+    include_reference: bool = True
+    # Questions shown with the three models' answers side by side in the report.
+    side_by_side: int = 6
+    gates: EvaluationGates = field(default_factory=EvaluationGates)
+
+    def check(self, where: str) -> None:
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: must be positive")
+        if self.samples < 0 or self.side_by_side < 0:
+            raise ConfigError(f"{where}: samples and side_by_side must be zero or more")
+
+
+@dataclass
 class ServingConfig:
     # The model id reported by /v1/models and in OpenAI-style responses.
     model_name: str = "acmehotels-assistant"
@@ -264,6 +297,7 @@ class PipelineConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     prompting: PromptingConfig = field(default_factory=PromptingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     # Directory that relative paths in this file are resolved against (not a YAML key).

@@ -2,8 +2,8 @@
 
 Exit codes are part of the contract with the Kubernetes manifests: a Job's ``podFailurePolicy``
 fails the whole Job at once on ``EXIT_BAD_INPUT`` (retrying cannot fix a bad config or corrupt
-data), while other failures (killed pod, timeout waiting for an input) are retried up to the
-Job's ``backoffLimit``.
+data) and ``EXIT_GATE_FAILED`` (an evaluation gate refused the adapter), while other failures
+(killed pod, timeout waiting for an input) are retried up to the Job's ``backoffLimit``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INPUT_TIMEOUT = 3
+EXIT_GATE_FAILED = 4
 
 
 class PipelineError(Exception):
@@ -48,6 +49,12 @@ class ArtifactError(PipelineError):
     """A published artifact is corrupt, half-written or of the wrong kind."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class GateFailed(PipelineError):
+    """An evaluation gate was not met: the adapter should not be promoted."""
+
+    exit_code = EXIT_GATE_FAILED
 
 
 class ArtifactTimeout(PipelineError):

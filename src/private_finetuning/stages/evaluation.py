@@ -1,0 +1,317 @@
+"""model-evaluation-server: base vs fine-tuned vs reference on the held-out questions, with a report.
+
+The recipe: wait for the five inputs; pick the held-out questions (evenly across the eval split);
+for each model, in turn, answer them all in batches (greedy, bounded new tokens) and score fact
+accuracy, ROUGE-L, answer perplexity and latency; measure forgetting of the fine-tuned model against
+the base on general text; write report.json, report.md and TensorBoard scalars next to the training
+curves; publish the report; apply the gates. One model is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from private_finetuning.artifacts import Artifact, ArtifactWriter, wait_for_artifact
+from private_finetuning.chat import encode_for_training, encode_prompt, with_system
+from private_finetuning.data.general import GENERAL_CONVERSATIONS
+from private_finetuning.errors import GateFailed, InputDataError, SourceError
+from private_finetuning.evaluation_metrics import (
+    answer_log_probs,
+    fact_accuracy,
+    fact_match,
+    mean_kl,
+    perplexity,
+    rouge_l,
+)
+from private_finetuning.generation import generate
+from private_finetuning.runtime import select_runtime
+from private_finetuning.stages.common import StageContext, already_published, fingerprint, run_stage
+
+STAGE = "model-evaluation-server"
+ARTIFACT = "evaluation"
+KIND = "evaluation-report"
+MODELS = ("base", "fine_tuned", "reference")
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", required=True, type=Path, help="the datasets volume")
+    parser.add_argument("--base-model", required=True, type=Path, help="the base-model volume")
+    parser.add_argument("--base-tokenizer", required=True, type=Path, help="the base-tokenizer volume")
+    parser.add_argument("--reference-model", required=True, type=Path, help="the reference-model volume")
+    parser.add_argument("--fine-tuned", required=True, type=Path, help="the fine-tuned-model volume")
+
+
+def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
+    a, cfg = ctx.args, ctx.config
+    kwargs = {"timeout_s": cfg.artifacts.wait_timeout_s, "poll_s": cfg.artifacts.poll_interval_s}
+    wanted = [("dataset", a.datasets, "dataset", "dataset", "dataset-relocation-server"),
+              ("base", a.base_model, "model", "base-model", "model-relocation-server"),
+              ("tokenizer", a.base_tokenizer, "tokenizer", "base-tokenizer", "tokenizer-relocation-server"),
+              ("adapter", a.fine_tuned, "adapter", "lora-adapter", "model-peft-server")]
+    if cfg.evaluation.include_reference:
+        wanted.append(("reference", a.reference_model, "model", "reference-model",
+                       "model-reference-relocation-server"))
+    return {key: wait_for_artifact(volume, artifact, kind, producer=producer, **kwargs)
+            for key, volume, artifact, kind, producer in wanted}
+
+
+def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    usable = [r for r in records if len(r["messages"]) >= 2 and r["messages"][-2]["role"] == "user"]
+    if not usable:
+        raise InputDataError(str(path), "no usable rows: the eval split needs records with a user question "
+                             "followed by the assistant's answer")
+    if samples and samples < len(usable):
+        step = len(usable) / samples  # evenly across the split, so every fact type is represented
+        usable = [usable[int(i * step)] for i in range(samples)]
+    return usable
+
+
+def load(kind: str, inputs: dict[str, Artifact], device: str) -> tuple[Any, Any, list[int]]:
+    """Model, tokenizer and end-of-turn ids of 'base', 'fine_tuned' or 'reference'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = inputs["reference"] if kind == "reference" else inputs["base"]
+    tok_dir = inputs["reference"].path if kind == "reference" else inputs["tokenizer"].path
+    if not (tok_dir / "tokenizer_config.json").is_file():
+        raise SourceError(f"{tok_dir}: the {kind.replace('_', '-')} model's tokenizer is missing")
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, local_files_only=True,
+                                                 use_safetensors=True)
+    if kind == "fine_tuned":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, inputs["adapter"].path, local_files_only=True).merge_and_unload()
+    meta = source.manifest.metadata.get("tokenizer") if kind == "reference" else inputs["tokenizer"].manifest.metadata
+    eos = (meta or {}).get("end_of_turn_ids") or [tokenizer.eos_token_id]
+    return model.to(device).eval(), tokenizer, eos
+
+
+def score_model(ctx: StageContext, kind: str, inputs: dict[str, Artifact], questions: list[dict], device: str,
+                base_general: Any | None) -> tuple[dict[str, Any], list[str], Any]:
+    cfg, system = ctx.config.evaluation, ctx.config.prompting.system_prompt
+    model, tokenizer, eos = load(kind, inputs, device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    prompts = [encode_prompt(tokenizer, with_system(q["messages"][:-1], system)) for q in questions]
+    answers: list[str] = []
+    generated = 0
+    start = time.perf_counter()
+    for i in range(0, len(prompts), cfg.batch_size):
+        for text, n in generate(model, tokenizer, prompts[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
+                                eos_token_ids=eos, device=device):
+            answers.append(text)
+            generated += n
+        ctx.log.info("%s: answered %d/%d questions", kind, len(answers), len(prompts))
+    seconds = time.perf_counter() - start
+    expected = [q["messages"][-1]["content"] for q in questions]
+    facts = [q.get("meta", {}).get("answer") for q in questions]
+    by_fact: dict[str, list[bool]] = {}
+    for q, a in zip(questions, answers, strict=True):
+        fact = q.get("meta", {})
+        if fact.get("answer") is not None:
+            by_fact.setdefault(fact.get("fact", "fact"), []).append(fact_match(a, fact["answer"]))
+    examples = [encode_for_training(tokenizer, with_system(q["messages"], system)) for q in questions]
+    general = [encode_for_training(tokenizer, with_system([{"role": "user", "content": u},
+                                                           {"role": "assistant", "content": a}], system))
+               for u, a in GENERAL_CONVERSATIONS]
+    metrics: dict[str, Any] = {
+        "fact_accuracy": fact_accuracy(answers, facts),
+        "fact_accuracy_by_fact": {k: sum(v) / len(v) for k, v in sorted(by_fact.items())},
+        "rouge_l": sum(rouge_l(a, e) for a, e in zip(answers, expected, strict=True)) / len(answers),
+        "answer_perplexity": perplexity(model, examples, pad, device, cfg.batch_size),
+        "general_perplexity": perplexity(model, general, pad, device, cfg.batch_size),
+        "latency_s_per_answer": seconds / len(answers),
+        "tokens_per_s": generated / seconds if seconds else None,
+        "questions": len(answers),
+    }
+    log_probs = None
+    if kind == "base":
+        log_probs = answer_log_probs(model, general, pad, device, cfg.batch_size)
+    elif kind == "fine_tuned" and base_general is not None:
+        metrics["forgetting_kl"] = mean_kl(base_general, answer_log_probs(model, general, pad, device, cfg.batch_size))
+    ctx.log.info("%s: fact accuracy %s, ROUGE-L %.3f, answer perplexity %.2f, %.2fs per answer", kind,
+                 "n/a" if metrics["fact_accuracy"] is None else f"{metrics['fact_accuracy']:.1%}", metrics["rouge_l"],
+                 metrics["answer_perplexity"], metrics["latency_s_per_answer"])
+    del model
+    gc.collect()
+    return metrics, answers, log_probs
+
+
+def check_gates(ctx: StageContext, report: dict[str, Any]) -> list[dict[str, Any]]:
+    gates, m = ctx.config.evaluation.gates, report["metrics"]
+    base, tuned = m["base"], m["fine_tuned"]
+    results = []
+
+    def gate(name: str, threshold: float | None, value: float | None, ok: bool) -> None:
+        if threshold is not None:
+            results.append({"gate": name, "threshold": threshold, "value": value, "passed": bool(ok)})
+
+    if tuned["fact_accuracy"] is not None:
+        gain = tuned["fact_accuracy"] - base["fact_accuracy"]
+        gate("min_fact_accuracy_gain", gates.min_fact_accuracy_gain, gain,
+             gates.min_fact_accuracy_gain is not None and gain >= gates.min_fact_accuracy_gain)
+        gate("min_fact_accuracy", gates.min_fact_accuracy, tuned["fact_accuracy"],
+             gates.min_fact_accuracy is not None and tuned["fact_accuracy"] >= gates.min_fact_accuracy)
+    elif gates.min_fact_accuracy_gain is not None or gates.min_fact_accuracy is not None:
+        results.append({"gate": "fact accuracy gates", "threshold": None, "value": None, "passed": False,
+                        "reason": "the eval split carries no meta.answer facts to score"})
+    gate("max_forgetting_kl", gates.max_forgetting_kl, tuned.get("forgetting_kl"),
+         gates.max_forgetting_kl is not None and tuned.get("forgetting_kl", 0.0) <= gates.max_forgetting_kl)
+    increase = tuned["general_perplexity"] / base["general_perplexity"] - 1
+    gate("max_general_perplexity_increase", gates.max_general_perplexity_increase, increase,
+         gates.max_general_perplexity_increase is not None and increase <= gates.max_general_perplexity_increase)
+    return results
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    models = [k for k in MODELS if k in report["metrics"]]
+    names = {k: report["models"][k]["name"] for k in models}
+
+    def fmt(value: Any, pct: bool = False) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.1%}" if pct else f"{value:.3f}"
+
+    lines = [f"# Evaluation of {report['models']['fine_tuned']['name']}", "",
+             f"{report['questions']} held-out questions (phrasings never seen in training), greedy decoding, "
+             f"at most {report['config']['max_new_tokens']} new tokens; evaluated in {report['duration_s']:.0f}s.", "",
+             "| metric | " + " | ".join(f"{k.replace('_', '-')} ({names[k]})" for k in models) + " |",
+             "|---|" + "---|" * len(models)]
+    rows = [("fact accuracy", "fact_accuracy", True), ("ROUGE-L", "rouge_l", False),
+            ("answer perplexity", "answer_perplexity", False), ("general-text perplexity", "general_perplexity", False),
+            ("latency per answer (s)", "latency_s_per_answer", False)]
+    for label, key, pct in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt(report["metrics"][k][key], pct) for k in models) + " |")
+    f = report["forgetting"]
+    lines += ["", "## Forgetting", "",
+              f"Mean KL(base || fine-tuned) of next-token distributions on general text: {fmt(f['kl'])} nats; "
+              f"general-text perplexity {fmt(f['general_perplexity_base'])} -> "
+              f"{fmt(f['general_perplexity_fine_tuned'])} ({f['general_perplexity_increase']:+.1%}).", ""]
+    by_fact = report["metrics"]["fine_tuned"]["fact_accuracy_by_fact"]
+    if by_fact:
+        lines += ["## Fact accuracy by fact", "", "| fact | " + " | ".join(models) + " |",
+                  "|---|" + "---|" * len(models)]
+        for fact in by_fact:
+            lines.append(f"| {fact} | " + " | ".join(
+                fmt(report["metrics"][k]["fact_accuracy_by_fact"].get(fact), True) for k in models) + " |")
+        lines.append("")
+    if report["gates"]:
+        lines += ["## Gates", ""]
+        for g in report["gates"]:
+            lines.append(f"- {'PASS' if g['passed'] else 'FAIL'} {g['gate']}: value {fmt(g['value'])}, "
+                         f"threshold {g['threshold']}{' (' + g['reason'] + ')' if g.get('reason') else ''}")
+        lines.append("")
+    lines += ["## Side by side", ""]
+    for sample in report["side_by_side"]:
+        lines += [f"**Q:** {sample['question']}", "", f"- expected: {sample['expected']}"]
+        lines += [f"- {k.replace('_', '-')}: {sample['answers'][k]}" for k in models]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def evaluate(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cfg = ctx.config.evaluation
+    out = ctx.args.fine_tuned
+    inputs = wait_for_inputs(ctx)
+    fp = fingerprint(KIND, {k: a.manifest.digest for k, a in inputs.items()}, asdict(cfg),
+                     ctx.config.prompting.system_prompt)
+    existing = already_published(ctx, out, ARTIFACT, KIND, fp)
+    if existing is not None:
+        report = json.loads(existing.file("report.json").read_text())
+        return report, report["gates"]
+
+    start = time.perf_counter()
+    runtime = select_runtime("auto", cpu_bf16=False)
+    ctx.log.info("device: %s", runtime.description)
+    questions = pick_questions(inputs["dataset"].file("eval.jsonl"), cfg.samples)
+    ctx.log.info("evaluating %d held-out questions on %s", len(questions),
+                 ", ".join(k for k in MODELS if k != "reference" or "reference" in inputs))
+    metrics, answers, base_general = {}, {}, None
+    for kind in MODELS:
+        if kind == "reference" and "reference" not in inputs:
+            continue
+        metrics[kind], answers[kind], log_probs = score_model(ctx, kind, inputs, questions, runtime.device,
+                                                              base_general)
+        if kind == "base":
+            base_general = log_probs
+    base, tuned = metrics["base"], metrics["fine_tuned"]
+    report: dict[str, Any] = {
+        "questions": len(questions),
+        "config": asdict(cfg),
+        "models": {"base": {"name": inputs["base"].manifest.name, "digest": inputs["base"].manifest.digest},
+                   "fine_tuned": {"name": inputs["adapter"].manifest.name, "digest": inputs["adapter"].manifest.digest,
+                                  "base_digest": inputs["base"].manifest.digest}},
+        "dataset": {"name": inputs["dataset"].manifest.name, "digest": inputs["dataset"].manifest.digest},
+        "metrics": metrics,
+        "forgetting": {"kl": tuned.get("forgetting_kl"), "general_perplexity_base": base["general_perplexity"],
+                       "general_perplexity_fine_tuned": tuned["general_perplexity"],
+                       "general_perplexity_increase": tuned["general_perplexity"] / base["general_perplexity"] - 1},
+        "side_by_side": [{"question": q["messages"][-2]["content"], "expected": q["messages"][-1]["content"],
+                          "answers": {k: answers[k][i] for k in answers}}
+                         for i, q in enumerate(questions[:cfg.side_by_side])],
+    }
+    if "reference" in inputs:
+        report["models"]["reference"] = {"name": inputs["reference"].manifest.name,
+                                         "digest": inputs["reference"].manifest.digest}
+    report["gates"] = check_gates(ctx, report)
+    report["duration_s"] = round(time.perf_counter() - start, 1)
+    write_tensorboard(ctx, inputs["adapter"], report)
+    with ArtifactWriter(out, ARTIFACT, kind=KIND, stage=STAGE, keep_versions=ctx.config.artifacts.keep_versions) as w:
+        assert w.path is not None
+        (w.path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (w.path / "report.md").write_text(render_markdown(report) + "\n")
+        w.commit(name=f"{inputs['adapter'].manifest.name}-evaluation",
+                 source={k: {"kind": a.manifest.kind, "digest": a.manifest.digest} for k, a in inputs.items()}
+                 | {"fingerprint": fp},
+                 metadata={"fact_accuracy": {k: v["fact_accuracy"] for k, v in metrics.items()},
+                           "forgetting_kl": tuned.get("forgetting_kl"),
+                           "gates_passed": all(g["passed"] for g in report["gates"])})
+    return report, report["gates"]
+
+
+def write_tensorboard(ctx: StageContext, adapter: Artifact, report: dict[str, Any]) -> None:
+    """Scalars and the report as text, in the training run's folder, at the adapter's final step."""
+    from private_finetuning.tensorboard_logging import open_writer
+
+    run = adapter.manifest.metadata.get("tensorboard_run")
+    if not run:
+        return
+    writer = open_writer(ctx.args.fine_tuned / run)
+    step = int(adapter.manifest.metadata.get("steps", 0))
+    for kind, values in report["metrics"].items():
+        for key in ("fact_accuracy", "rouge_l", "answer_perplexity", "general_perplexity", "latency_s_per_answer"):
+            if values.get(key) is not None:
+                writer.add_scalar(f"evaluation/{key}/{kind}", values[key], step)
+    if report["forgetting"]["kl"] is not None:
+        writer.add_scalar("evaluation/forgetting_kl", report["forgetting"]["kl"], step)
+    writer.add_text("evaluation/report", render_markdown(report), step)
+    writer.close()
+
+
+def _run(ctx: StageContext) -> None:
+    report, gates = evaluate(ctx)
+    m = report["metrics"]
+    summary = ", ".join(f"{k} {m[k]['fact_accuracy']:.1%}" for k in m if m[k]["fact_accuracy"] is not None)
+    ctx.log.info("fact accuracy: %s; report at %s", summary or "n/a",
+                 ctx.args.fine_tuned / ARTIFACT / "current" / "report.md")
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        reasons = "; ".join(g.get("reason") or f"{g['gate']} = {g['value']} vs threshold {g['threshold']}"
+                            for g in failed)
+        raise GateFailed(f"evaluation gate failed, do not promote this adapter: {reasons}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage(STAGE, __doc__ or STAGE, _run, _arguments, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

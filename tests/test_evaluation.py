@@ -1,0 +1,186 @@
+"""model-evaluation-server: each metric on known cases, the reports, the gates, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import publish_inputs, train_argv, write_config
+from private_finetuning.artifacts import ArtifactWriter, open_artifact
+from private_finetuning.chat import IGNORE_INDEX, Encoded
+from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INPUT_TIMEOUT
+from private_finetuning.evaluation_metrics import fact_accuracy, fact_match, mean_kl, perplexity, rouge_l
+from private_finetuning.stages import evaluation, peft_training, reference_relocation
+
+# --- metrics on hand-made cases ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("answer", "fact", "expected"), [
+    ("A night at Casa Luna costs 84 EUR.", "84", True),
+    ("It costs 84.0 euros.", "84", True),
+    ("It costs 184 EUR.", "84", False),
+    ("It costs 8.4 EUR.", "84", False),
+    ("A rating of 9.2 out of 10.", "9.2", True),
+    ("A rating of 9.25.", "9.2", False),
+    ("It is 2,9 km away.", "2.9", True),
+    ("It is in the santa  cruz neighbourhood.", "Santa Cruz", True),
+    ("It is in Nervion.", "Nervión", True),
+    ("It is in Trianas.", "Triana", False),
+    ("The best is Giralda Court Seville.", "Giralda Court Seville", True),
+    ("", "84", False),
+])
+def test_fact_match(answer: str, fact: str, expected: bool) -> None:
+    assert fact_match(answer, fact) is expected
+
+
+def test_fact_accuracy_zero_one_and_not_applicable() -> None:
+    assert fact_accuracy(["costs 84 EUR", "4-star"], ["84", "4"]) == 1.0
+    assert fact_accuracy(["costs 85 EUR", "a 5-star place"], ["84", "4"]) == 0.0
+    assert fact_accuracy(["costs 84 EUR", "a 5-star place"], ["84", "4"]) == 0.5
+    assert fact_accuracy(["anything"], [None]) is None
+
+
+def test_rouge_l_known_values() -> None:
+    assert rouge_l("the cat sat", "the cat sat") == pytest.approx(1.0)
+    assert rouge_l("dogs bark", "the cat sat") == 0.0
+    assert rouge_l("the cat ran", "the cat sat") == pytest.approx(2 / 3)
+
+
+class Uniform:
+    """A 'model' whose next-token distribution is uniform over ``vocab``: perplexity must be ``vocab``."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def __call__(self, input_ids, attention_mask):
+        import torch
+
+        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size() -> None:
+    examples = [Encoded([1, 2, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, 3, 4]), Encoded([5, 6], [IGNORE_INDEX, 6])]
+    assert perplexity(Uniform(50), examples, pad_id=0) == pytest.approx(50.0)
+
+
+def test_kl_known_values() -> None:
+    import torch
+
+    p = torch.log(torch.tensor([[0.5, 0.5]]))
+    q = torch.log(torch.tensor([[0.9, 0.1]]))
+    assert mean_kl(p, p) == pytest.approx(0.0, abs=1e-7)
+    assert mean_kl(p, q) == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1), rel=1e-5)
+
+
+# --- the stage on tiny models ------------------------------------------------------------------------------
+
+EVAL = {"samples": 4, "max_new_tokens": 4, "batch_size": 4, "side_by_side": 2}
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaluation")
+    published = publish_inputs(root, tiny_model_dir)
+    train = write_config(root / "train.yaml", {"training": {"max_steps": 3, "batch_size": 4, "sample_generations": 0,
+                                                            "projector_tokens": 0, "lora": {"r": 4, "alpha": 8}}})
+    assert peft_training.main(train_argv(train, published)) == 0
+    ref = write_config(root / "ref.yaml", {"reference_model": {"source": {"type": "hf-folder",
+                                                                          "path": str(tiny_model_dir)}}})
+    published["reference-model"] = root / "reference-model"
+    assert reference_relocation.main(["--config", str(ref), "--output", str(published["reference-model"])]) == 0
+    return published
+
+
+def run_evaluation(tmp_path: Path, volumes: dict[str, Path], fine_tuned: Path | None = None, **extra: object) -> int:
+    out = fine_tuned or tmp_path / "fine-tuned-model"
+    if fine_tuned is None:
+        shutil.copytree(volumes["fine-tuned-model"], out, symlinks=True)
+    config = write_config(tmp_path / "eval.yaml", {"evaluation": {**EVAL, **extra.pop("evaluation", {})}, **extra})
+    return evaluation.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
+                            str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
+                            "--reference-model", str(volumes["reference-model"]), "--fine-tuned", str(out)])
+
+
+def test_report_files_tensorboard_and_idempotence(tmp_path: Path, volumes: dict[str, Path],
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run_evaluation(tmp_path, volumes) == 0
+    out = tmp_path / "fine-tuned-model"
+    artifact = open_artifact(out, "evaluation", "evaluation-report")
+    report = json.loads(artifact.file("report.json").read_text())
+    assert set(report["metrics"]) == {"base", "fine_tuned", "reference"}
+    for metrics in report["metrics"].values():
+        assert 0.0 <= metrics["fact_accuracy"] <= 1.0 and metrics["answer_perplexity"] > 1
+        assert metrics["latency_s_per_answer"] > 0 and metrics["questions"] == 4
+    assert report["forgetting"]["kl"] >= 0 and len(report["side_by_side"]) == 2
+    assert report["models"]["fine_tuned"]["digest"] == open_artifact(out, "adapter", "lora-adapter").manifest.digest
+    markdown = artifact.file("report.md").read_text()
+    assert "| fact accuracy |" in markdown and "## Forgetting" in markdown and "## Side by side" in markdown
+
+    adapter = open_artifact(out, "adapter", "lora-adapter")
+    events = EventAccumulator(str(out / adapter.manifest.metadata["tensorboard_run"]))
+    events.Reload()
+    assert "evaluation/fact_accuracy/fine_tuned" in events.Tags()["scalars"]
+    assert "evaluation/forgetting_kl" in events.Tags()["scalars"]
+
+    capsys.readouterr()
+    assert run_evaluation(tmp_path, volumes, fine_tuned=out) == 0
+    assert "already published from the same inputs" in capsys.readouterr().err
+
+
+def test_failed_gate_exits_non_zero_with_the_reason(tmp_path: Path, volumes: dict[str, Path],
+                                                   capsys: pytest.CaptureFixture) -> None:
+    code = run_evaluation(tmp_path, volumes, evaluation={"gates": {"min_fact_accuracy_gain": 0.5,
+                                                                   "max_forgetting_kl": 1e9}})
+    assert code == EXIT_GATE_FAILED
+    assert "evaluation gate failed, do not promote this adapter: min_fact_accuracy_gain" in capsys.readouterr().err
+    report = json.loads(open_artifact(tmp_path / "fine-tuned-model", "evaluation", "evaluation-report")
+                        .file("report.json").read_text())
+    assert [g["passed"] for g in report["gates"]] == [False, True]  # published, so people can read why
+
+
+def test_passing_gates_exit_zero(tmp_path: Path, volumes: dict[str, Path]) -> None:
+    gates = {"min_fact_accuracy_gain": -1.0, "max_forgetting_kl": 1e9, "max_general_perplexity_increase": 1e9}
+    assert run_evaluation(tmp_path, volumes, evaluation={"gates": gates}) == 0
+
+
+def test_missing_artifacts_time_out_naming_them(tmp_path: Path, volumes: dict[str, Path],
+                                                capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    code = run_evaluation(tmp_path, volumes, fine_tuned=empty, artifacts={"wait_timeout_s": 0.3,
+                                                                          "poll_interval_s": 0.05})
+    assert code == EXIT_INPUT_TIMEOUT
+    err = capsys.readouterr().err
+    assert "lora-adapter artifact" in err and "published by model-peft-server" in err
+
+
+def test_eval_split_without_usable_rows(tmp_path: Path, volumes: dict[str, Path],
+                                        capsys: pytest.CaptureFixture) -> None:
+    datasets = tmp_path / "text-datasets"
+    with ArtifactWriter(datasets, "dataset", kind="dataset", stage="test") as writer:
+        assert writer.path is not None
+        row = json.dumps({"messages": [{"role": "assistant", "content": "just text"}], "meta": {}}) + "\n"
+        (writer.path / "train.jsonl").write_text(row)
+        (writer.path / "eval.jsonl").write_text(row)
+        writer.commit(name="text", source={})
+    code = run_evaluation(tmp_path, {**volumes, "datasets": datasets})
+    assert code == EXIT_BAD_INPUT
+    assert "eval.jsonl: no usable rows" in capsys.readouterr().err
+
+
+def test_reference_without_its_tokenizer(tmp_path: Path, volumes: dict[str, Path],
+                                         capsys: pytest.CaptureFixture) -> None:
+    source = open_artifact(volumes["reference-model"], "model", "reference-model")
+    broken = tmp_path / "reference-model"
+    with ArtifactWriter(broken, "model", kind="reference-model", stage="test") as writer:
+        assert writer.path is not None
+        for name in ("model.safetensors", "config.json", "generation_config.json"):
+            shutil.copy(source.file(name), writer.path / name)
+        writer.commit(name="no-tokenizer", source={})
+    code = run_evaluation(tmp_path, {**volumes, "reference-model": broken})
+    assert code == EXIT_BAD_INPUT
+    assert "the reference model's tokenizer is missing" in capsys.readouterr().err
