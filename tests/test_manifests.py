@@ -22,10 +22,22 @@ def rendered(request: pytest.FixtureRequest) -> list[dict]:
     return render(request.param)
 
 
+def pod_templates(obj: dict) -> list[dict]:
+    """The pod templates of a workload: one for a Job or Deployment, one per replica type of a PyTorchJob."""
+    if obj["kind"] == "PyTorchJob":
+        return [spec["template"] for spec in obj["spec"]["pytorchReplicaSpecs"].values()]
+    return [obj["spec"]["template"]] if obj["kind"] in ("Job", "Deployment") else []
+
+
 def test_every_object_validates_against_the_kubernetes_schema(rendered: list[dict]) -> None:
     import kubernetes_validate
 
     for obj in rendered:
+        if obj["apiVersion"].startswith("kubeflow.org/"):  # a CRD: validate what it runs, its pod templates
+            for template in pod_templates(obj):
+                kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                              "template": template}, K8S_VERSION, strict=True)
+            continue
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
@@ -46,6 +58,82 @@ def test_expected_volumes_and_config(rendered: list[dict]) -> None:
     config_maps = [o for o in rendered if o["kind"] == "ConfigMap"]
     assert any("pipeline.yaml" in c.get("data", {}) for c in config_maps)
     assert {o["metadata"]["namespace"] for o in rendered if o["kind"] != "Namespace"} == {"private-fine-tuning"}
+
+
+def workloads(rendered: list[dict]) -> list[dict]:
+    return [o for o in rendered if pod_templates(o)]
+
+
+def test_every_pod_is_hardened_labelled_and_bounded(rendered: list[dict]) -> None:
+    for obj, template in ((o, t) for o in workloads(rendered) for t in pod_templates(o)):
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        labels = template["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+                    "app.kubernetes.io/version"):
+            assert key in labels, f"{where}: label {key}"
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        scratch = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert {m["name"] for m in container["volumeMounts"]} & scratch, f"{where}: no emptyDir for scratch"
+            resources = container["resources"]
+            assert resources["requests"]["cpu"] and resources["requests"]["memory"], where
+            assert resources["limits"]["memory"], where
+        if obj["kind"] == "Deployment":
+            assert container["readinessProbe"] and container["livenessProbe"], where
+
+
+def test_network_policies_deny_all_egress_and_admit_only_the_two_services(rendered: list[dict]) -> None:
+    policies = [o for o in rendered if o["kind"] == "NetworkPolicy"]
+    deny = [p for p in policies if p["spec"]["podSelector"] == {}]
+    assert len(deny) == 1
+    assert set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert not deny[0]["spec"].get("egress") and not deny[0]["spec"].get("ingress")
+    allowed = {}
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):  # only towards the pod's own kind (training ranks)
+            assert [peer["podSelector"] for peer in rule["to"]] == [policy["spec"]["podSelector"]], \
+                f"{policy['metadata']['name']} opens egress beyond its own pods"
+        if policy["spec"].get("ingress") and "from" not in policy["spec"]["ingress"][0]:
+            name = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            allowed[name] = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert allowed == {"model-inference-server": {5000}, "tensorboard": {6006}}
+    pods = {t["metadata"]["labels"]["app.kubernetes.io/name"] for o in workloads(rendered) for t in pod_templates(o)}
+    assert {"model-inference-server", "tensorboard"} <= pods
+
+
+def test_inference_has_a_disruption_budget(rendered: list[dict]) -> None:
+    budgets = [o for o in rendered if o["kind"] == "PodDisruptionBudget"]
+    assert [b["spec"]["selector"]["matchLabels"] for b in budgets] == [
+        {"app.kubernetes.io/name": "model-inference-server"}]
+
+
+def test_distributed_overlay_runs_the_peft_stage_as_a_pytorchjob() -> None:
+    base = {o["metadata"]["name"]: o for o in render(REPO / "k8s" / "overlays" / "cpu")}
+    rendered = render(REPO / "k8s" / "overlays" / "distributed")
+    names = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    assert ("PyTorchJob", "model-peft") in names and ("Job", "model-peft") not in names
+    job = next(o for o in rendered if o["kind"] == "PyTorchJob")
+    single = base["model-peft"]["spec"]["template"]["spec"]
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["name"] == "pytorch"  # how the Training Operator finds it
+        assert container["image"] == "model-peft-server"
+        assert container["args"] == single["containers"][0]["args"]
+        assert pod["volumes"] == single["volumes"]  # same PVCs, same generated ConfigMap
+    assert {o["spec"]["accessModes"][0] for o in rendered if o["kind"] == "PersistentVolumeClaim"} == {"ReadWriteMany"}
+
+
+def test_gpu_overlay_gives_training_evaluation_and_inference_a_gpu() -> None:
+    rendered = render(REPO / "k8s" / "overlays" / "gpu")
+    with_gpu = {o["metadata"]["name"] for o in workloads(rendered)
+                if o["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") == 1}
+    assert with_gpu == {"model-peft", "model-evaluation", "model-inference"}
 
 
 def test_every_job_mounts_the_config_and_fails_fast_on_bad_input(rendered: list[dict]) -> None:
@@ -103,15 +191,41 @@ def test_skaffold_is_on_the_newest_schema_available() -> None:
     assert yaml.safe_load((REPO / "skaffold.yaml").read_text())["apiVersion"] == f"skaffold/{newest.stem.split('-')[1]}"
 
 
-def test_skaffold_builds_every_component_with_its_dockerfile() -> None:
+def test_skaffold_builds_every_component_on_the_shared_base() -> None:
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
     components = {p.name for p in (REPO / "components").iterdir() if p.is_dir()}
-    assert set(artifacts) == components
+    assert set(artifacts) == components | {"private-fine-tuning-base"}
+    assert artifacts.pop("private-fine-tuning-base")["docker"]["dockerfile"] == "Dockerfile"
     for image, artifact in artifacts.items():
         assert artifact["docker"]["dockerfile"] == f"components/{image}/Dockerfile"
+        assert artifact["requires"] == [{"image": "private-fine-tuning-base", "alias": "BASE_IMAGE"}]
+        dockerfile = (REPO / "components" / image / "Dockerfile").read_text()
+        assert "ARG BASE_IMAGE=private-fine-tuning-base\nFROM ${BASE_IMAGE}" in dockerfile
+        assert "\nUSER 10001:10001\n" in dockerfile
+    ports = {(p["resourceName"], p["port"]) for p in config["portForward"]}
+    assert ports == {("model-inference", 5000), ("tensorboard", 6006)}
+    profiles = {p["name"]: p for p in config["profiles"]}
+    assert profiles["gpu"]["manifests"]["kustomize"]["paths"] == ["k8s/overlays/gpu"]
     for path in config["manifests"]["kustomize"]["paths"]:
         assert (REPO / path / "kustomization.yaml").is_file()
+
+
+def test_base_image_is_offline_small_and_cpu_by_default() -> None:
+    base = (REPO / "Dockerfile").read_text()
+    assert "HF_HUB_OFFLINE=1" in base and "TRANSFORMERS_OFFLINE=1" in base and "PIP_NO_CACHE_DIR=1" in base
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in base
+    assert base.index("COPY constraints.txt") < base.index("COPY src")  # dependencies before code
+    for line in base.splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_model_wheels_only_in_the_relocation_images_that_need_them() -> None:
+    carry = {p.parent.name for p in (REPO / "components").glob("*/requirements.txt")
+             if any(line.strip() and not line.startswith("#") for line in p.read_text().splitlines())}
+    assert carry == {"model-relocation-server", "tokenizer-relocation-server", "model-reference-relocation-server"}
 
 
 @pytest.mark.parametrize("component", sorted(p.name for p in (REPO / "components").iterdir() if p.is_dir()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -247,3 +248,40 @@ def test_overlong_examples_are_named_or_dropped(tmp_path: Path, volumes: dict[st
                   volumes["fine-tuned-model"])
     code = train(tmp_path, volumes, {**FAST, "max_seq_len": 8, "overlong": "drop"})
     assert_failed(code, EXIT_BAD_INPUT, capsys, "no usable train examples", volumes["fine-tuned-model"])
+
+
+# --- data-parallel training under torchrun ------------------------------------------------------------
+
+def test_two_process_torchrun_makes_the_same_kind_of_adapter(tmp_path: Path, volumes: dict[str, Path]) -> None:
+    import socket
+
+    from safetensors import safe_open
+
+    single = {**volumes, "fine-tuned-model": tmp_path / "single"}
+    assert train(tmp_path, single, {**FAST, "sample_generations": 0}) == 0
+    config = write_config(tmp_path / "ddp.yaml", {"training": {**FAST, "sample_generations": 0}})
+    double = {**volumes, "fine-tuned-model": tmp_path / "double"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}  # ranks talk over loopback only
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(port),
+                             "-m", "private_finetuning.stages.peft_training", *train_argv(config, double)],
+                            capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data-parallel training: rank 1 of 2" in result.stderr
+    one = open_artifact(single["fine-tuned-model"], "adapter", "lora-adapter")
+    two = open_artifact(double["fine-tuned-model"], "adapter", "lora-adapter")
+    assert {f.path for f in one.manifest.files} == {f.path for f in two.manifest.files}
+    assert two.manifest.metadata["world_size"] == 2 and two.manifest.metadata["steps"] == 6
+    with safe_open(one.file("adapter_model.safetensors"), "pt") as a, \
+            safe_open(two.file("adapter_model.safetensors"), "pt") as b:
+        names = list(a.keys())
+        assert set(names) == set(b.keys())
+        assert all(a.get_slice(k).get_shape() == b.get_slice(k).get_shape() for k in names)
+    config_one = json.loads(one.file("adapter_config.json").read_text())
+    config_two = json.loads(two.file("adapter_config.json").read_text())
+    for config in (config_one, config_two):  # peft keeps target modules as a set: order varies
+        config["target_modules"] = sorted(config["target_modules"])
+    assert config_one == config_two

@@ -26,6 +26,7 @@ from private_finetuning.manifests import LocalPod, plan, process_env, render
 from private_finetuning.progress import format_duration
 
 log = logging.getLogger("local-runner")
+INFERENCE_IMAGE = "model-inference-server"
 
 
 @dataclass
@@ -262,12 +263,19 @@ def _serve(runner: LocalRunner, then: str, question: str) -> bool:
     if not runner.wait_ready():
         log.error("the inference server did not become ready; see %s", runner.state / "logs")
         return False
-    port = next(r.pod.readiness[1] for r in runner.services if r.pod.readiness)
+    inference = [r for r in runner.services if r.pod.image == INFERENCE_IMAGE and r.pod.readiness]
+    if not inference:
+        log.warning("no %s Deployment in this overlay: nothing to ask", INFERENCE_IMAGE)
+        return True
+    port = inference[0].pod.readiness[1]  # type: ignore[index]
     answer = ask(port, question)
     print(f"\nPOST /prompt {question!r}\n-> {answer}\n", flush=True)
     if then == "serve":
+        others = [f"{r.pod.name} on http://127.0.0.1:{r.pod.readiness[1]}" for r in runner.services
+                  if r.pod.readiness and r not in inference]
         print(f"Serving on http://127.0.0.1:{port} - try:\n  curl -XPOST 127.0.0.1:{port}/prompt "
-              f"-d '{{\"input_prompt\": \"{question}\"}}'\nPress Ctrl-C to stop.", flush=True)
+              f"-d '{{\"input_prompt\": \"{question}\"}}'\n" + "".join(f"Also: {o}\n" for o in others)
+              + "Press Ctrl-C to stop.", flush=True)
         try:
             while all(r.status == "running" for r in runner.services):
                 time.sleep(1)

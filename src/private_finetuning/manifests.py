@@ -7,6 +7,7 @@ under a local state directory. Change a manifest and the local run changes with 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -19,9 +20,12 @@ import yaml
 
 from private_finetuning.errors import ConfigError
 
+log = logging.getLogger("local-runner")
+
 # The Dockerfiles copy a component's app.py here; locally that is components/<image>/.
 APP_DIR = "/app"
 WORKLOAD_KINDS = ("Job", "Deployment")
+NOT_RUN_LOCALLY = ("PyTorchJob", "TrainJob", "StatefulSet", "DaemonSet", "CronJob")
 
 
 def kubectl() -> str:
@@ -136,7 +140,7 @@ def translate(obj: dict[str, Any], *, repo: Path, state: Path, config_maps: dict
     if not argv:
         raise ConfigError(f"{obj['kind']}/{name}: the container has no command")
     # A pod listens on all interfaces; on a laptop that would expose the model to the network.
-    argv = [_rewrite(a, mounts).replace("0.0.0.0:", "127.0.0.1:") for a in argv]
+    argv = ["127.0.0.1" if a == "0.0.0.0" else _rewrite(a, mounts).replace("0.0.0.0:", "127.0.0.1:") for a in argv]
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable  # the interpreter that has the package installed
     workdir = container.get("workingDir", APP_DIR)
@@ -165,6 +169,10 @@ def translate(obj: dict[str, Any], *, repo: Path, state: Path, config_maps: dict
 
 def plan(docs: list[dict[str, Any]], *, repo: Path, state: Path,
          config_override: Path | None = None) -> list[LocalPod]:
+    for doc in docs:
+        if doc.get("kind") in NOT_RUN_LOCALLY:
+            log.warning("%s/%s is not run locally: the local runner runs %s", doc.get("kind"),
+                        doc["metadata"]["name"], " and ".join(WORKLOAD_KINDS))
     config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
     return [translate(d, repo=repo, state=state, config_maps=config_maps, config_override=config_override)
             for d in docs if d.get("kind") in WORKLOAD_KINDS]

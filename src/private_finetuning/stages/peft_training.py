@@ -24,6 +24,7 @@ from private_finetuning.artifacts import Artifact, ArtifactWriter, wait_for_arti
 from private_finetuning.batching import batch_order, collate, padding_fraction
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.config import TrainingConfig
+from private_finetuning.distributed import Distributed, init_distributed
 from private_finetuning.errors import InputDataError, PipelineError, SourceError
 from private_finetuning.lora import apply_lora, trainable_parameters
 from private_finetuning.progress import Progress as ProgressLog
@@ -35,6 +36,13 @@ from private_finetuning.tensorboard_logging import add_token_projector, open_wri
 STAGE = "model-peft-server"
 ARTIFACT = "adapter"
 KIND = "lora-adapter"
+
+
+class NullWriter:
+    """What ranks other than 0 log to: nothing."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 class TrainingDiverged(PipelineError):
@@ -53,16 +61,20 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(ctx: StageContext) -> None:
     status = StageStatus(STAGE)
+    dist = init_distributed()
+    if dist.enabled:
+        ctx.log.info("data-parallel training: rank %d of %d", dist.rank, dist.world_size)
+    server = None
     try:
-        server = StatusServer(status, port=ctx.args.status_port)
+        if dist.is_main:
+            server = StatusServer(status, port=ctx.args.status_port)
     except OSError as exc:  # a busy port must not stop training; the endpoint is a convenience
         ctx.log.warning("status endpoint not started on port %d: %s", ctx.args.status_port, exc)
-        server = None
     if server is not None:
         server.__enter__()
         ctx.log.info("status endpoint on port %d: GET /health, GET /progress", server.port)
     try:
-        train(ctx, status)
+        train(ctx, status, dist)
         status.update(phase="done")
     except BaseException as exc:
         status.update(phase="failed", detail=str(exc))
@@ -70,6 +82,7 @@ def _run(ctx: StageContext) -> None:
     finally:
         if server is not None:
             server.__exit__()
+        dist.close()
 
 
 def wait_for_inputs(ctx: StageContext) -> tuple[Artifact, Artifact, Artifact]:
@@ -149,7 +162,17 @@ def evaluate_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id:
     return total
 
 
-def train(ctx: StageContext, status: StageStatus) -> None:
+def optimizer_steps(batches: list[list[int]], accum: int, dist: Distributed) -> list[list[list[int]]]:
+    """Group an epoch's batches into optimizer steps of ``accum`` micro-batches per rank.
+
+    A last step too short to give every rank a micro-batch is left out (a rank with nothing to do
+    would hang the gradient all-reduce); with one process nothing is left out.
+    """
+    span = accum * dist.world_size
+    return [batches[i:i + span] for i in range(0, len(batches), span) if len(batches[i:i + span]) >= dist.world_size]
+
+
+def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -184,11 +207,13 @@ def train(ctx: StageContext, status: StageStatus) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=runtime.device == "cuda")
-    batches_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    accum = cfg.gradient_accumulation_steps
+    steps_per_epoch = len(optimizer_steps(batch_order(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length),
+                                          accum, dist))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
-    forward = torch.compile(model) if cfg.compile else model
+    forward = dist.wrap(model, runtime.device)
+    forward = torch.compile(forward) if cfg.compile else forward
 
     ckpt_dir = out / "checkpoints" / run_id[:12]
     state = checkpoints.load(ckpt_dir, run_id=run_id, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -196,7 +221,7 @@ def train(ctx: StageContext, status: StageStatus) -> None:
         log.info("resuming from the checkpoint at step %d of %d (epoch %d)", state.step, total_steps, state.epoch + 1)
     state = state or checkpoints.Progress()
     tb_dir = run_dir(out, run_id)
-    writer = open_writer(tb_dir, purge_step=state.step)
+    writer = open_writer(tb_dir, purge_step=state.step) if dist.is_main else NullWriter()
     writer.add_text("config/training", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", 0)
 
     status.update(phase="training", detail=runtime.description, total_steps=total_steps, step=state.step)
@@ -205,23 +230,23 @@ def train(ctx: StageContext, status: StageStatus) -> None:
     start, tokens_this_run = time.monotonic(), 0
     while state.step < total_steps:
         epoch_batches = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
-        if state.step_in_epoch == 0:
+        if state.step_in_epoch == 0 and dist.is_main:
             log.info("epoch %d: %d batches, %.1f%% padding", state.epoch + 1, len(epoch_batches),
                      100 * padding_fraction(epoch_batches, lengths))
-        accum = cfg.gradient_accumulation_steps
-        steps = [epoch_batches[i:i + accum] for i in range(0, len(epoch_batches), accum)]
-        for micro_batches in steps[state.step_in_epoch:]:
+        for micro_batches in optimizer_steps(epoch_batches, accum, dist)[state.step_in_epoch:]:
             step_start = time.monotonic()
+            # The loss is normalised by the target tokens of the whole step, on every rank together.
             targets = sum(train_set[i].target_tokens for b in micro_batches for i in b)
             step_loss, step_tokens = 0.0, 0
-            for indices in micro_batches:
+            for indices in dist.share(micro_batches):
                 loss, tokens = batch_loss(forward, runtime, [train_set[i] for i in indices], pad_id, targets)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"the training loss became {loss.item()} at step {state.step + 1}; "
                                            f"lower training.learning_rate (now {cfg.learning_rate})")
-                loss.backward()
+                (loss * dist.world_size).backward()  # DDP averages gradients over ranks; this makes it a sum
                 step_loss += loss.detach().item()
                 step_tokens += tokens
+            step_loss, step_tokens = dist.sum(step_loss), int(dist.sum(step_tokens))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(f"the gradient norm became {grad_norm} at step {state.step + 1}; "
@@ -239,15 +264,16 @@ def train(ctx: StageContext, status: StageStatus) -> None:
             for tag, value in (("train/loss", step_loss), ("train/learning_rate", lr),
                                ("train/grad_norm", grad_norm), ("train/tokens_per_s", tokens_per_s)):
                 writer.add_scalar(tag, value, state.step)
-            meter.update(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
+            if dist.is_main:
+                meter.update(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:.0f}")
             status.update(step=state.step, epoch=state.epoch + 1, loss=round(step_loss, 5), learning_rate=lr,
                           tokens_per_s=round(tokens_this_run / (time.monotonic() - start), 1),
-                          eta_s=round((total_steps - state.step) * (time.monotonic() - start) / meter.done, 1))
-            if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
-                eval_loss = evaluate_loss(forward, runtime, eval_set, pad_id, cfg.batch_size)
+                          eta_s=round((total_steps - state.step) * (time.monotonic() - start) / max(1, meter.done), 1))
+            if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and dist.is_main:
+                eval_loss = evaluate_loss(model, runtime, eval_set, pad_id, cfg.batch_size)
                 writer.add_scalar("eval/loss", eval_loss, state.step)
                 log.info("step %d: eval loss %.4f", state.step, eval_loss)
-            if state.step < total_steps and state.step % cfg.checkpoint_every_steps == 0:
+            if state.step < total_steps and state.step % cfg.checkpoint_every_steps == 0 and dist.is_main:
                 checkpoints.save(ckpt_dir, stage=STAGE, run_id=run_id, model=model, optimizer=optimizer,
                                  scheduler=scheduler, progress=state)
             if state.step >= total_steps:
@@ -257,8 +283,11 @@ def train(ctx: StageContext, status: StageStatus) -> None:
             state.step_in_epoch = 0
 
     elapsed = time.monotonic() - start
+    if not dist.is_main:  # rank 0 evaluates and publishes; the others are done
+        dist.barrier()
+        return
     status.update(phase="evaluating", detail="eval loss and sample answers")
-    eval_loss = evaluate_loss(forward, runtime, eval_set, pad_id, cfg.batch_size)
+    eval_loss = evaluate_loss(model, runtime, eval_set, pad_id, cfg.batch_size)
     writer.add_scalar("eval/loss", eval_loss, state.step)
     log.info("training done: %d steps in %.0fs, final train loss %.4f, eval loss %.4f, %.0f tokens/s",
              state.step, elapsed, state.last_loss or float("nan"), eval_loss, tokens_this_run / max(elapsed, 1e-9))
@@ -272,9 +301,11 @@ def train(ctx: StageContext, status: StageStatus) -> None:
     metrics = {"steps": state.step, "epochs": state.epoch + (1 if state.step_in_epoch else 0),
                "final_train_loss": state.last_loss, "eval_loss": eval_loss, "train_seconds": round(elapsed, 1),
                "tokens_per_s": round(tokens_this_run / max(elapsed, 1e-9), 1), "tokens_seen": state.tokens_seen,
-               "trainable_parameters": trainable, "device": runtime.description, "projector_tokens": projected}
+               "trainable_parameters": trainable, "device": runtime.description, "projector_tokens": projected,
+               "world_size": dist.world_size}
     publish(ctx, model, run_id, dataset, base, tok_artifact, metrics, tb_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the adapter is published; its checkpoints are spent
+    dist.barrier()
 
 
 def write_samples(ctx: StageContext, writer: Any, model: Any, tokenizer: Any, dataset: Artifact, runtime: Runtime,
