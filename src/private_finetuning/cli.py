@@ -33,6 +33,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_kubeflow(args: argparse.Namespace) -> int:
+    from private_finetuning.kubeflow import compile_pipeline
+
+    overlay = args.overlay or _repo_root() / "k8s" / "overlays" / "cpu"
+    print(compile_pipeline(overlay.resolve(), args.output))
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     load_config(args.config)
     print(f"{args.config}: valid")
@@ -62,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--ask", default="What is the best hotel in Seville?", metavar="QUESTION",
                      help="the question POSTed to /prompt once the server is ready")
     run.set_defaults(func=_cmd_run)
+    kubeflow = sub.add_parser("kubeflow-compile", help="compile the Jobs of an overlay into a Kubeflow Pipelines "
+                                                     "v2 pipeline YAML (needs the 'kubeflow' extra)")
+    kubeflow.add_argument("output", type=Path)
+    kubeflow.add_argument("--overlay", type=Path, help="kustomize overlay to take the Jobs from (default: cpu)")
+    kubeflow.set_defaults(func=_cmd_kubeflow)
     validate = sub.add_parser("validate-config", help="check a pipeline YAML and name any bad key")
     validate.add_argument("config", type=Path)
     validate.set_defaults(func=_cmd_validate)
