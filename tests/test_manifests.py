@@ -106,6 +106,15 @@ def test_network_policies_deny_all_egress_and_admit_only_the_two_services(render
     assert {"model-inference-server", "tensorboard"} <= pods
 
 
+def test_optional_autoscaler_targets_the_inference_deployment() -> None:
+    rendered = render(REPO / "k8s" / "overlays" / "autoscaled")
+    (hpa,) = [o for o in rendered if o["kind"] == "HorizontalPodAutoscaler"]
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "model-inference")
+    assert hpa["metadata"]["namespace"] == "private-fine-tuning"
+    assert not [o for o in render(REPO / "k8s" / "overlays" / "cpu") if o["kind"] == "HorizontalPodAutoscaler"]
+
+
 def test_inference_has_a_disruption_budget(rendered: list[dict]) -> None:
     budgets = [o for o in rendered if o["kind"] == "PodDisruptionBudget"]
     assert [b["spec"]["selector"]["matchLabels"] for b in budgets] == [

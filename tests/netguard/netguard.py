@@ -22,7 +22,7 @@ class NetworkBlocked(OSError):
 def _is_local(host: object) -> bool:
     if not isinstance(host, str):
         return False
-    if host in ("localhost", ""):
+    if host in ("localhost", "", "0.0.0.0", "::"):  # the last two are bind addresses, not destinations
         return True
     try:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback

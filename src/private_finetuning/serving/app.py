@@ -232,7 +232,7 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
         temperature = body.get("temperature", 0.0)
         temperature = 0.0 if temperature is None else temperature
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-            raise ApiError(422, "temperature must be a number from 0 to 2 (0: greedy)", "temperature")
+            raise ApiError(422, "temperature must be a number from 0 to 2 (below 0.001: greedy)", "temperature")
         top_p = body.get("top_p", 1.0)
         top_p = 1.0 if top_p is None else top_p
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:

@@ -30,6 +30,10 @@ from private_finetuning.runtime import Runtime, select_runtime
 log = logging.getLogger("model-inference-server")
 
 
+# Below this, sampling is greedy decoding in all but name, and logits / temperature can overflow to inf.
+MIN_TEMPERATURE = 1e-3
+
+
 class QueueFull(Exception):
     """Too many requests waiting; the client should retry later."""
 
@@ -60,7 +64,7 @@ class Request:
 
     @property
     def sampling_key(self) -> tuple[float, float]:
-        return (self.temperature, self.top_p) if self.temperature > 0 else (0.0, 1.0)
+        return (self.temperature, self.top_p) if self.temperature >= MIN_TEMPERATURE else (0.0, 1.0)
 
 
 class BatchStreamer:

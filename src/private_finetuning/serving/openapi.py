@@ -27,7 +27,8 @@ def openapi_spec(serving: ServingConfig) -> dict[str, Any]:
                 "summary": "Answer one question (plain text; JSON with Accept: application/json)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["input_prompt"], "properties": {
-                        "input_prompt": {"type": "string", "minLength": 1, "maxLength": serving.max_prompt_chars},
+                        "input_prompt": {"type": "string", "minLength": 1, "maxLength": serving.max_prompt_chars,
+                                         "pattern": "\\S", "description": "not only white space"},
                         "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": limit},
                         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                         "top_p": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1}}}}}},
@@ -48,7 +49,9 @@ def openapi_spec(serving: ServingConfig) -> dict[str, Any]:
                         "stream": {"type": "boolean"}}}}}},
                 "responses": {"200": {"description": "a chat completion, or a text/event-stream of chunks",
                                       "content": {"application/json": {"schema": {"type": "object"}},
-                                                  "text/event-stream": {"schema": {"type": "string"}}}},
+                                                  # each event: a chat.completion.chunk object, last `[DONE]`
+                                                  "text/event-stream": {"schema": {
+                                                      "oneOf": [{"type": "object"}, {"type": "string"}]}}}},
                               **errors}}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {
                 "description": "model list", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
