@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,15 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     ("dataset: {source: {type: file, path: d.jsonl, encoding: klingon}}", "dataset.source.encoding: unknown"),
     ("model: [1, 2]", "model: expected a mapping"),
     ("- just\n- a list", "<top level>: expected a mapping"),
-    ("artifacts: {wait_timeout_s: 0}", "artifacts: wait_timeout_s and poll_interval_s must be positive"),
+    ("artifacts: {wait_timeout_s: 0}", "artifacts.wait_timeout_s: must be positive"),
+    ("training: {max_grad_norm: 0}", "training.max_grad_norm: must be positive"),
+    ("evaluation: {samples: -1}", "evaluation.samples: must be zero or more"),
+    ("serving: {batch_window_ms: -1}", "serving.batch_window_ms: must be zero or more"),
+    ("serving: {max_new_tokens: 300}", "serving.max_new_tokens: above max_new_tokens_limit (256)"),
+    ("training: {max_steps: 0}", "training.max_steps: must be positive (or null for epochs)"),
 ])
 def test_invalid_config_names_the_key(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(text)
 
 

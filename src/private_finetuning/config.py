@@ -21,6 +21,16 @@ import yaml
 from private_finetuning.errors import ConfigError
 
 EMBEDDED_MODELS = ("smollm2-135m-instruct", "gemma3-270m")
+
+
+def _require(obj: Any, where: str, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """Range checks shared by the sections: each failing key is named in the error."""
+    for name in positive:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{where}.{name}: must be positive")
+    for name in non_negative:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{where}.{name}: must be zero or more")
 EMBEDDED_DATASETS = ("acmehotels",)
 
 
@@ -130,8 +140,7 @@ class DatasetConfig:
     def check(self, where: str) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"{where}.eval_fraction: must be between 0 and 1 (exclusive)")
-        if self.max_chars < 1:
-            raise ConfigError(f"{where}.max_chars: must be positive")
+        _require(self, where, positive=("max_chars",))
 
 
 @dataclass
@@ -194,18 +203,11 @@ class TrainingConfig:
     compile: bool = False
 
     def check(self, where: str) -> None:
-        positive = ("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "max_seq_len",
-                    "checkpoint_every_steps", "log_every_s")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name}: must be positive")
-        for name in ("warmup_steps", "eval_every_steps", "sample_generations", "projector_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be zero or more")
+        _require(self, where, positive=("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps",
+                                        "max_seq_len", "checkpoint_every_steps", "log_every_s", "max_grad_norm"),
+                 non_negative=("warmup_steps", "eval_every_steps", "sample_generations", "projector_tokens"))
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"{where}.max_steps: must be positive (or null for epochs)")
-        if self.max_grad_norm <= 0:
-            raise ConfigError(f"{where}.max_grad_norm: must be positive")
 
 
 @dataclass
@@ -234,11 +236,7 @@ class EvaluationConfig:
     gates: EvaluationGates = field(default_factory=EvaluationGates)
 
     def check(self, where: str) -> None:
-        for name in ("max_new_tokens", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name}: must be positive")
-        if self.samples < 0 or self.side_by_side < 0:
-            raise ConfigError(f"{where}: samples and side_by_side must be zero or more")
+        _require(self, where, positive=("max_new_tokens", "batch_size"), non_negative=("samples", "side_by_side"))
 
 
 @dataclass
@@ -263,14 +261,12 @@ class ServingConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def check(self, where: str) -> None:
-        for name in ("max_new_tokens", "max_new_tokens_limit", "max_prompt_chars", "max_prompt_tokens",
-                     "max_body_bytes", "max_batch_size", "queue_size", "request_timeout_s", "adapter_poll_interval_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name}: must be positive")
+        _require(self, where, positive=("max_new_tokens", "max_new_tokens_limit", "max_prompt_chars",
+                                        "max_prompt_tokens", "max_body_bytes", "max_batch_size", "queue_size",
+                                        "request_timeout_s", "adapter_poll_interval_s"),
+                 non_negative=("batch_window_ms",))
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ConfigError(f"{where}.max_new_tokens: above max_new_tokens_limit ({self.max_new_tokens_limit})")
-        if self.batch_window_ms < 0:
-            raise ConfigError(f"{where}.batch_window_ms: must be zero or more")
 
 
 @dataclass
@@ -282,10 +278,7 @@ class ArtifactsConfig:
     keep_versions: int = 1
 
     def check(self, where: str) -> None:
-        if self.wait_timeout_s <= 0 or self.poll_interval_s <= 0:
-            raise ConfigError(f"{where}: wait_timeout_s and poll_interval_s must be positive")
-        if self.keep_versions < 0:
-            raise ConfigError(f"{where}.keep_versions: must be zero or more")
+        _require(self, where, positive=("wait_timeout_s", "poll_interval_s"), non_negative=("keep_versions",))
 
 
 @dataclass
