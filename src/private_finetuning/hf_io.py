@@ -51,6 +51,20 @@ def load_model(source: ResolvedSource, dtype: str) -> Any:
     return model
 
 
+def load_published_model(model_dir: Path, adapter_dir: Path | None = None) -> Any:
+    """A model published on a volume (safetensors, float32), with a LoRA adapter merged in if given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True,
+                                                 use_safetensors=True)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir, local_files_only=True).merge_and_unload()
+    return model
+
+
 def save_model(model: Any, out_dir: Path) -> None:
     """Write safetensors + config. A GGUF-loaded model keeps a quantizer marker that makes
     ``save_pretrained`` refuse; the weights are already de-quantized, so the marker is dropped."""

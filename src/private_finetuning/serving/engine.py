@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from private_finetuning.artifacts import Artifact, current_version, open_artifact, wait_for_artifact
+from private_finetuning.artifacts import Artifact, current_version, open_artifact
 from private_finetuning.chat import encode_prompt, with_system
 from private_finetuning.config import PipelineConfig
 from private_finetuning.errors import PipelineError
+from private_finetuning.hf_io import load_published_model
 from private_finetuning.runtime import Runtime, select_runtime
+from private_finetuning.stages import peft_training
+from private_finetuning.stages.common import wait_for_output
 
 log = logging.getLogger("model-inference-server")
 
@@ -130,16 +133,14 @@ class Engine:
         return self.loaded is not None
 
     def _load_then_watch(self) -> None:
-        wait = self.config.artifacts
+        from private_finetuning.stages import model_relocation, tokenizer_relocation
+
+        config, forever = self.config, float("inf")  # a server waits as long as it takes
         try:
             self.status = "waiting for the base model, base tokenizer and a published adapter"
-            kwargs = {"timeout_s": float("inf"), "poll_s": wait.poll_interval_s}
-            base = wait_for_artifact(self.base_model, "model", "base-model", producer="model-relocation-server",
-                                     **kwargs)
-            tokenizer = wait_for_artifact(self.base_tokenizer, "tokenizer", "base-tokenizer",
-                                          producer="tokenizer-relocation-server", **kwargs)
-            adapter = wait_for_artifact(self.fine_tuned, "adapter", "lora-adapter", producer="model-peft-server",
-                                        **kwargs)
+            base = wait_for_output(config, self.base_model, model_relocation, timeout_s=forever)
+            tokenizer = wait_for_output(config, self.base_tokenizer, tokenizer_relocation, timeout_s=forever)
+            adapter = wait_for_output(config, self.fine_tuned, peft_training, timeout_s=forever)
             self.status = "loading the model"
             self.loaded = self._load(base, tokenizer, adapter)
             self.status = "ready"
@@ -151,16 +152,11 @@ class Engine:
             self._swap_if_new(base, tokenizer)
 
     def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact) -> LoadedModel:
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         start = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, local_files_only=True,
-                                                     use_safetensors=True)
-        model = PeftModel.from_pretrained(model, adapter.path, local_files_only=True).merge_and_unload()
-        model.to(self.runtime.device).eval()
+        model = load_published_model(base.path, adapter.path).to(self.runtime.device).eval()
         eos = tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
         log.info("loaded %s + adapter %s (%s) on %s in %.1fs", base.manifest.name, adapter.manifest.name,
                  adapter.manifest.digest[:12], self.runtime.description, time.monotonic() - start)
@@ -168,7 +164,7 @@ class Engine:
 
     def _swap_if_new(self, base: Artifact, tokenizer: Artifact) -> None:
         try:
-            manifest = current_version(self.fine_tuned, "adapter")
+            manifest = current_version(self.fine_tuned, peft_training.ARTIFACT)
         except PipelineError as exc:
             log.warning("cannot read the published adapter: %s", exc)
             return
@@ -176,7 +172,7 @@ class Engine:
             return
         log.info("a new adapter was published (%s); loading it beside the current one", manifest.digest[:12])
         try:
-            adapter = open_artifact(self.fine_tuned, "adapter", "lora-adapter")
+            adapter = open_artifact(self.fine_tuned, peft_training.ARTIFACT, peft_training.KIND)
             fresh = self._load(base, tokenizer, adapter)
         except Exception as exc:
             log.error("the new adapter was refused, still serving %s: %s", self.loaded.adapter_digest[:12], exc)

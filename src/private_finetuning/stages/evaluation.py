@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from private_finetuning.artifacts import Artifact, ArtifactWriter, wait_for_artifact
+from private_finetuning.artifacts import Artifact, ArtifactWriter
 from private_finetuning.chat import encode_for_training, encode_prompt, with_system
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
 from private_finetuning.errors import GateFailed, InputDataError, SourceError
@@ -31,8 +31,15 @@ from private_finetuning.evaluation_metrics import (
     rouge_l,
 )
 from private_finetuning.generation import generate
+from private_finetuning.hf_io import load_published_model
 from private_finetuning.runtime import select_runtime
-from private_finetuning.stages.common import StageContext, already_published, fingerprint, run_stage
+from private_finetuning.stages.common import (
+    StageContext,
+    already_published,
+    fingerprint,
+    run_stage,
+    wait_for_output,
+)
 
 STAGE = "model-evaluation-server"
 ARTIFACT = "evaluation"
@@ -49,17 +56,20 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
+    from private_finetuning.stages import (
+        dataset_relocation,
+        model_relocation,
+        peft_training,
+        reference_relocation,
+        tokenizer_relocation,
+    )
+
     a, cfg = ctx.args, ctx.config
-    kwargs = {"timeout_s": cfg.artifacts.wait_timeout_s, "poll_s": cfg.artifacts.poll_interval_s}
-    wanted = [("dataset", a.datasets, "dataset", "dataset", "dataset-relocation-server"),
-              ("base", a.base_model, "model", "base-model", "model-relocation-server"),
-              ("tokenizer", a.base_tokenizer, "tokenizer", "base-tokenizer", "tokenizer-relocation-server"),
-              ("adapter", a.fine_tuned, "adapter", "lora-adapter", "model-peft-server")]
+    wanted = [("dataset", a.datasets, dataset_relocation), ("base", a.base_model, model_relocation),
+              ("tokenizer", a.base_tokenizer, tokenizer_relocation), ("adapter", a.fine_tuned, peft_training)]
     if cfg.evaluation.include_reference:
-        wanted.append(("reference", a.reference_model, "model", "reference-model",
-                       "model-reference-relocation-server"))
-    return {key: wait_for_artifact(volume, artifact, kind, producer=producer, **kwargs)
-            for key, volume, artifact, kind, producer in wanted}
+        wanted.append(("reference", a.reference_model, reference_relocation))
+    return {key: wait_for_output(cfg, volume, producer) for key, volume, producer in wanted}
 
 
 def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
@@ -76,20 +86,14 @@ def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
 
 def load(kind: str, inputs: dict[str, Artifact], device: str) -> tuple[Any, Any, list[int]]:
     """Model, tokenizer and end-of-turn ids of 'base', 'fine_tuned' or 'reference'."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source = inputs["reference"] if kind == "reference" else inputs["base"]
     tok_dir = inputs["reference"].path if kind == "reference" else inputs["tokenizer"].path
     if not (tok_dir / "tokenizer_config.json").is_file():
         raise SourceError(f"{tok_dir}: the {kind.replace('_', '-')} model's tokenizer is missing")
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32, local_files_only=True,
-                                                 use_safetensors=True)
-    if kind == "fine_tuned":
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, inputs["adapter"].path, local_files_only=True).merge_and_unload()
+    model = load_published_model(source.path, inputs["adapter"].path if kind == "fine_tuned" else None)
     meta = source.manifest.metadata.get("tokenizer") if kind == "reference" else inputs["tokenizer"].manifest.metadata
     eos = (meta or {}).get("end_of_turn_ids") or [tokenizer.eos_token_id]
     return model.to(device).eval(), tokenizer, eos

@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning import checkpoints
-from private_finetuning.artifacts import Artifact, ArtifactWriter, wait_for_artifact
+from private_finetuning.artifacts import Artifact, ArtifactWriter
 from private_finetuning.batching import batch_order, collate, padding_fraction
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.config import TrainingConfig
 from private_finetuning.distributed import Distributed, init_distributed
 from private_finetuning.errors import InputDataError, PipelineError, SourceError
+from private_finetuning.evaluation_metrics import answer_nll
+from private_finetuning.hf_io import load_published_model
 from private_finetuning.lora import apply_lora, trainable_parameters
 from private_finetuning.progress import Progress as ProgressLog
 from private_finetuning.runtime import Runtime, select_runtime
-from private_finetuning.stages.common import StageContext, already_published, fingerprint, run_stage
+from private_finetuning.stages.common import StageContext, already_published, fingerprint, run_stage, wait_for_output
 from private_finetuning.status_server import StageStatus, StatusServer
 from private_finetuning.tensorboard_logging import add_token_projector, open_writer, run_dir
 
@@ -86,13 +88,11 @@ def _run(ctx: StageContext) -> None:
 
 
 def wait_for_inputs(ctx: StageContext) -> tuple[Artifact, Artifact, Artifact]:
-    a, wait = ctx.args, ctx.config.artifacts
-    kwargs = {"timeout_s": wait.wait_timeout_s, "poll_s": wait.poll_interval_s}
-    dataset = wait_for_artifact(a.datasets, "dataset", "dataset", producer="dataset-relocation-server", **kwargs)
-    base = wait_for_artifact(a.base_model, "model", "base-model", producer="model-relocation-server", **kwargs)
-    tokenizer = wait_for_artifact(a.base_tokenizer, "tokenizer", "base-tokenizer",
-                                  producer="tokenizer-relocation-server", **kwargs)
-    return dataset, base, tokenizer
+    from private_finetuning.stages import dataset_relocation, model_relocation, tokenizer_relocation
+
+    a, cfg = ctx.args, ctx.config
+    return (wait_for_output(cfg, a.datasets, dataset_relocation), wait_for_output(cfg, a.base_model, model_relocation),
+            wait_for_output(cfg, a.base_tokenizer, tokenizer_relocation))
 
 
 def check_tokenizer_matches(tokenizer: Any, model: Any, tokenizer_artifact: Artifact, base: Artifact) -> None:
@@ -149,17 +149,12 @@ def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: in
 
 
 def evaluate_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, batch_size: int) -> float:
-    import torch
-
+    """Mean loss over the assistant's tokens of ``examples``."""
     model.eval()
-    total, targets = 0.0, sum(e.target_tokens for e in examples)
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            loss, _ = batch_loss(model, runtime, chunk, pad_id, targets)
-            total += float(loss)
+    with runtime.autocast():
+        total, count = answer_nll(model, examples, pad_id, runtime.device, batch_size)
     model.train()
-    return total
+    return total / count
 
 
 def optimizer_steps(batches: list[list[int]], accum: int, dist: Distributed) -> list[list[list[int]]]:
@@ -174,7 +169,7 @@ def optimizer_steps(batches: list[list[int]], accum: int, dist: Distributed) -> 
 
 def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     cfg, out, log = ctx.config.training, ctx.args.output, ctx.log
     status.update(phase="waiting-for-inputs", detail="dataset, base-model, base-tokenizer")
@@ -189,8 +184,7 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     log.info("device: %s", runtime.description)
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(tok_artifact.path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, local_files_only=True,
-                                                 use_safetensors=True)
+    model = load_published_model(base.path)
     check_tokenizer_matches(tokenizer, model, tok_artifact, base)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_set = encode_split(ctx, tokenizer, dataset, "train")
