@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-from conftest import publish_inputs, train_argv, write_config
+from conftest import REPO, publish_inputs, train_argv, write_config
 from private_finetuning.config import PipelineConfig, parse_config
 from private_finetuning.serving.app import create_app
 from private_finetuning.serving.engine import Engine
@@ -315,8 +316,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_the_stage_serves_with_gunicorn(tmp_path: Path, volumes: dict[str, Path]) -> None:
-    port = free_port()
+def printed_curl_commands() -> list[str]:
+    """Every curl command the README and docs show for the inference server, and the one the runner prints."""
+    from private_finetuning.local_runner.pipeline import SEED_QUESTION, curl_command
+
+    commands = [curl_command(5000, SEED_QUESTION)]
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for line in doc.read_text().splitlines():
+            for command in re.findall(r"(?:^|`)(curl [^`]*?localhost:5000[^`]*)(?:`|$)", line.strip()):
+                commands.append(command)
+    return commands
+
+
+def test_every_printed_curl_uses_a_full_url() -> None:
+    """`curl -XPOST :5000/prompt` is refused by curl 7.88 and macOS's curl (exit 3): print full URLs only."""
+    commands = printed_curl_commands()
+    assert len(commands) >= 3
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            assert not re.search(r"curl\b[^`|]*?\s:\d+/", line), f"{doc.name}:{number}: {line.strip()}"
+
+
+def test_the_stage_serves_with_gunicorn_and_answers_every_printed_curl(tmp_path: Path,
+                                                                       volumes: dict[str, Path]) -> None:
+    port = 5000 if port_is_free(5000) else free_port()
     config = write_config(tmp_path / "p.yaml", {"serving": SERVING})
     argv = [sys.executable, "-m", "private_finetuning.stages.inference_server", "--config", str(config),
             "--base-model", str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
@@ -330,15 +353,27 @@ def test_the_stage_serves_with_gunicorn(tmp_path: Path, volumes: dict[str, Path]
             except OSError:
                 return False
         wait_until(ready, timeout=120)
-        if shutil.which("curl"):  # the README's exact command
-            out = subprocess.run(["curl", "-sS", "-XPOST", f"127.0.0.1:{port}/prompt", "-d",
-                                  '{"input_prompt": "What is the best hotel in Seville?"}', "-w", "%{http_code}"],
-                                 capture_output=True, text=True, timeout=60, check=True).stdout
-            assert out.endswith("200")
+        if shutil.which("curl") is None:
+            pytest.skip("curl is not installed: the printed commands cannot be run as printed")
+        # Verbatim, through a shell, as pasted; only where 5000 is taken is curl told to connect elsewhere.
+        redirect = "" if port == 5000 else f" --connect-to localhost:5000:127.0.0.1:{port}"
+        for command in printed_curl_commands():
+            run = subprocess.run(["bash", "-c", command + " -sS --fail-with-body -o /dev/null -w '%{http_code}'"
+                                  + redirect], capture_output=True, text=True, timeout=60, check=False)
+            assert run.returncode == 0 and run.stdout == "200", f"{command}: exit {run.returncode} {run.stderr}"
     finally:
         server.terminate()
         output = server.communicate(timeout=60)[0]
     assert "gunicorn" in output.lower() or "Booting worker" in output
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 # --- the API against its own OpenAPI description ---------------------------------------------------------
