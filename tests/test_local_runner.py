@@ -85,7 +85,7 @@ def test_bad_input_fails_the_job_at_once_and_stops_the_others(tmp_path: Path, ca
 def test_deadline_is_enforced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     repo = fake_repo(tmp_path, {"late": "slow"}, deadline=1)
     assert not run_pipeline(repo, repo / "k8s" / "overlays" / "test", tmp_path / "state")
-    assert "exceeded activeDeadlineSeconds=1" in capsys.readouterr().out
+    assert "DeadlineExceeded: activeDeadlineSeconds=1" in capsys.readouterr().out
 
 
 def pft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

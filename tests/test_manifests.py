@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from private_finetuning.manifests import plan, render
+from private_finetuning.local_runner.engines.process import local_command
+from private_finetuning.local_runner.pods import plan
+from private_finetuning.manifests import render
 
 SCHEMAS = REPO.parent / "shared" / "schemas"
 OVERLAYS = sorted(p.parent for p in (REPO / "k8s" / "overlays").glob("*/kustomization.yaml"))
@@ -163,16 +165,17 @@ def test_every_workload_image_is_a_component_with_its_files(rendered: list[dict]
     assert pods
     for pod in pods:
         for name in ("app.py", "Dockerfile", "requirements.txt"):
-            assert (REPO / "components" / pod.image / name).is_file(), f"{pod.image}/{name}"
+            assert (REPO / "components" / pod.image_name / name).is_file(), f"{pod.image_name}/{name}"
 
 
 def test_local_translation_maps_mounts_to_state_folders(rendered: list[dict], tmp_path: Path) -> None:
     pod = next(p for p in plan(rendered, repo=REPO, state=tmp_path) if p.name == "model-relocation")
-    assert pod.cwd == REPO / "components" / "model-relocation-server"
-    assert pod.argv[pod.argv.index("--output") + 1] == str(tmp_path / "volumes" / "base-model")
-    config = Path(pod.argv[pod.argv.index("--config") + 1])
+    argv, env, cwd = local_command(pod)
+    assert cwd == REPO / "components" / "model-relocation-server"
+    assert argv[argv.index("--output") + 1] == str(tmp_path / "volumes" / "base-model")
+    config = Path(argv[argv.index("--config") + 1])
     assert config.is_file() and "smollm2-135m-instruct" in config.read_text()
-    assert pod.env["TMPDIR"].startswith(str(tmp_path / "scratch"))
+    assert env["TMPDIR"].startswith(str(tmp_path / "scratch"))
     assert pod.fail_job_exit_codes == {2}
 
 
@@ -228,7 +231,19 @@ def test_base_image_is_offline_small_and_cpu_by_default() -> None:
     for line in base.splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
-                assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+                if source != "ca-bundle.pe[m]":  # optional: matches only when a CA bundle is supplied
+                    assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_images_build_against_any_mirror_from_a_pinned_base_and_carry_no_docs() -> None:
+    base = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}$", base, re.M)
+    assert "FROM ${PYTHON_IMAGE}" in base and "ARG PIP_INDEX_URL=https://pypi.org/simple" in base
+    dockerfiles = [base, *(p.read_text() for p in (REPO / "components").glob("*/Dockerfile"))]
+    copies = [line for text in dockerfiles for line in text.splitlines() if line.startswith("COPY ")]
+    assert copies and not [line for line in copies if "README" in line or "docs" in line]
+    allowed = [line for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    assert allowed and not [line for line in allowed if "README" in line or "docs" in line]
 
 
 def test_model_wheels_only_in_the_relocation_images_that_need_them() -> None:

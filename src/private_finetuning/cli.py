@@ -23,13 +23,15 @@ def _repo_root() -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from private_finetuning.local_runner import run_pipeline
+    from private_finetuning.local_runner.scheduling import Node
 
     repo = _repo_root()
     overlay = args.overlay or repo / "k8s" / "overlays" / "cpu"
     if args.config is not None:
         load_config(args.config)  # fail here, before any stage starts, if the file is invalid
+    node = Node.this_machine(args.node_cpus, args.node_memory)
     ok = run_pipeline(repo, overlay.resolve(), args.state_dir.resolve(), args.config, args.only, args.then,
-                      args.ask)
+                      args.ask, engine=args.engine, node=node)
     return 0 if ok else 1
 
 
@@ -58,7 +60,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline as local processes, from the rendered k8s manifests")
+    run = sub.add_parser("run", help="run the pipeline on this machine, from the rendered k8s manifests")
     run.add_argument("--overlay", type=Path, help="kustomize overlay to render (default: k8s/overlays/cpu)")
     run.add_argument("--state-dir", type=Path, default=Path(".pft"),
                      help="where volumes, logs and scratch space live (default: ./.pft)")
@@ -69,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "question and stop (smoke, the default), or stop at once (exit)")
     run.add_argument("--ask", default="What is the best hotel in Seville?", metavar="QUESTION",
                      help="the question POSTed to /prompt once the server is ready")
+    run.add_argument("--engine", choices=["process", "docker"], default="process",
+                     help="run each pod as a local process (default) or as a container from its image, with "
+                          "its securityContext, limits and volumes enforced (needs the images: "
+                          "scripts/build-images.sh)")
+    run.add_argument("--node-cpus", metavar="CPUS", help="the node's allocatable CPU, e.g. 4 or 3500m "
+                     "(default: this machine's cores); a pod starts only when its requests fit")
+    run.add_argument("--node-memory", metavar="QUANTITY", help="the node's allocatable memory, e.g. 8Gi "
+                     "(default: this machine's)")
     run.set_defaults(func=_cmd_run)
     kubeflow = sub.add_parser("kubeflow-compile", help="compile the Jobs of an overlay into a Kubeflow Pipelines "
                                                      "v2 pipeline YAML (needs the 'kubeflow' extra)")

@@ -1,0 +1,112 @@
+"""The process engine: each container's command runs as a local process of this checkout's venv.
+
+Paths under a mount are rewritten to the mount's host folder, ``python`` is this interpreter, the
+working folder ``/app`` is ``components/<image>/``, and ``0.0.0.0`` becomes ``127.0.0.1`` (a pod listens
+on every interface; a laptop should not). Each process gets a session of its own, so a terminal's
+Ctrl-C reaches only the runner, which then stops them in order; and each dies with the runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from private_finetuning.local_runner.pods import Pod
+from private_finetuning.manifests import APP_DIR
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _rewrite(value: str, mounts: dict[str, Path]) -> str:
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(mounts[mount_path]) + value[len(mount_path):]
+    return value
+
+
+def local_command(pod: Pod) -> tuple[list[str], dict[str, str], Path]:
+    """argv, the container's env over this one's, and the working folder of the pod as a process."""
+    mounts = {m.path: m.host for m in pod.mounts}
+    argv = [_rewrite(a, mounts) for a in [*pod.command, *pod.args]]
+    argv = ["127.0.0.1" if a == "0.0.0.0" else a.replace("0.0.0.0:", "127.0.0.1:") for a in argv]
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable  # the interpreter that has the package installed
+    env = dict(os.environ)
+    env.update({k: _rewrite(v, mounts) for k, v in pod.env.items()})
+    env["PYTHONUNBUFFERED"] = "1"  # so stage logs stream through the runner as they are written
+    cwd = pod.component if pod.working_dir == APP_DIR else Path(_rewrite(pod.working_dir, mounts))
+    return argv, env, cwd
+
+
+class LocalProcess:
+    def __init__(self, pod: Pod):
+        argv, env, cwd = local_command(pod)
+        self.process = subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, bufsize=1, start_new_session=True,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        assert self.process.stdout is not None
+        self.output = self.process.stdout
+        self.reason = ""
+        self._peak: int | None = None
+
+    def poll(self) -> int | None:
+        if self.process.returncode is None:
+            # wait4 rather than Popen.poll: it also gives the peak RSS of the process and what it waited for.
+            try:
+                pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.process.poll()
+            if pid == 0:
+                return None
+            self.process.returncode = os.waitstatus_to_exitcode(status)
+            self._peak = usage.ru_maxrss * 1024
+        code = self.process.returncode
+        self.reason = "Completed" if code == 0 else f"Signal {-code}" if code < 0 else "Error"
+        return 128 - code if code < 0 else code  # a signal reads as the kubelet reports it: 128 + n
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)  # the whole session: gunicorn's workers, tensorboard's threads
+
+    def stop(self, grace_s: float) -> None:
+        if self.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while self.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.poll() is None:
+                self._signal_group(signal.SIGKILL)
+                while self.poll() is None:
+                    time.sleep(0.05)
+        self._signal_group(signal.SIGKILL)  # anything it left behind in its session
+
+    def sample(self) -> None:
+        """Nothing to do: the peak comes from wait4 once the process has ended."""
+
+    @property
+    def peak_memory(self) -> int | None:
+        return self._peak
+
+
+class ProcessEngine:
+    name = "process"
+
+    def check(self, pods: list[Pod]) -> None:
+        """Every pod runs from its component folder, which translate() has already checked."""
+
+    def start(self, pod: Pod, attempt: int) -> LocalProcess:
+        return LocalProcess(pod)
+
+    def close(self) -> None:
+        """Processes are stopped by the controller; nothing else is left."""
