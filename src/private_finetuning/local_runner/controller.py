@@ -88,6 +88,9 @@ class Controller:
             if never:
                 self._finish(run, "failed", f"Unschedulable: requests ({run.pod.requests}) exceed the node "
                                             f"({self.node}): {pending_reason(never)}")
+                log.error("%s failed: %s", run.pod.name, run.reason)
+                if run.pod.kind == "Job":
+                    self._fail_others(run)
                 continue
             short = self.node.unfit(run.pod.requests)
             if short:
@@ -154,7 +157,7 @@ class Controller:
         while any(r.status in ("pending", "running") for r in self.jobs):
             self.raise_if_interrupted()
             self.schedule()
-            for run in [r for r in self.jobs if r.status == "running"]:
+            for run in [r for r in self.jobs if r.status in ("pending", "running")]:
                 self._check_job(run)
             self.keep_services_up()
             time.sleep(self.poll_s)
@@ -186,10 +189,12 @@ class Controller:
         deadline = run.pod.deadline_s
         if deadline and time.monotonic() - run.created > deadline:
             self._stop(run, f"DeadlineExceeded: activeDeadlineSeconds={deadline}")
+            log.error("%s failed: %s (%s)", run.pod.name, run.reason,
+                      "still Pending" if run.attempts == 0 else f"attempt {run.attempts}")
             self._fail_others(run)
             return
         code = self._ended(run)
-        if code is None:
+        if code is None:  # still running, or still Pending
             return
         if code == 0:
             self._finish(run, "succeeded")
