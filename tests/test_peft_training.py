@@ -80,10 +80,17 @@ def test_length_grouped_batches_cover_everything_with_less_padding() -> None:
 
 # --- a training run --------------------------------------------------------------------------------
 
-def test_training_publishes_an_adapter_with_tensorboard_logs(tmp_path: Path, volumes: dict[str, Path]) -> None:
+def test_training_publishes_an_adapter_with_tensorboard_logs(tmp_path: Path, volumes: dict[str, Path],
+                                                            capsys: pytest.CaptureFixture) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert train(tmp_path, volumes, FAST) == 0
+    # The sample answers go to TensorBoard; the pod log (shipped off the cluster) has no dataset text.
+    logged = capsys.readouterr()
+    eval_rows = (next(volumes["datasets"].glob("dataset/current")) / "eval.jsonl").read_text().splitlines()
+    for row in eval_rows[:FAST["sample_generations"]]:
+        for message in json.loads(row)["messages"]:
+            assert message["content"] not in logged.out + logged.err
     out = volumes["fine-tuned-model"]
     adapter = open_artifact(out, "adapter", "lora-adapter")
     names = {f.path for f in adapter.manifest.files}

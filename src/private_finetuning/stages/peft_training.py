@@ -318,9 +318,10 @@ def write_samples(ctx: StageContext, writer: Any, model: Any, tokenizer: Any, da
     table = ["| question | expected | fine-tuned answer |", "|---|---|---|"]
     for record, (answer, _) in zip(records, answers, strict=True):
         question, expected = record["messages"][-2]["content"], record["messages"][-1]["content"]
-        ctx.log.info("sample: %s -> %s", question, answer)
         table.append(f"| {question} | {expected} | {answer} |")
     writer.add_text("samples/eval_answers", "\n".join(table), step)
+    # Questions and answers are private text: TensorBoard on the volume only, never the pod log.
+    ctx.log.info("%d sample answers written to TensorBoard (samples/eval_answers)", len(records))
 
 
 def publish(ctx: StageContext, model: Any, run_id: str, dataset: Artifact, base: Artifact, tokenizer: Artifact,
