@@ -118,6 +118,58 @@ def test_verify_refuses_a_corrupt_artifact(tmp_path: Path, damage: str) -> None:
         open_artifact(tmp_path, "art", "test-kind")
 
 
+def rewrite_manifest(path: Path, change: dict) -> None:
+    """Edit the manifest's first file entry and fix the digest, as an attacker who can write the volume would."""
+    from private_finetuning.artifacts import FileEntry, Manifest, _digest
+
+    manifest = Manifest.from_file(path / "manifest.json")
+    entry = manifest.files[0]
+    manifest.files[0] = FileEntry(**{"path": entry.path, "size": entry.size, "sha256": entry.sha256, **change})
+    manifest.digest = _digest(manifest.files)
+    (path / "manifest.json").write_text(manifest.to_json())
+
+
+@pytest.mark.parametrize("listed", ["../x", "/etc/passwd", "./a.txt", "sub/../a.txt", "a.txt/", ""])
+def test_a_manifest_path_outside_the_version_folder_is_refused(tmp_path: Path, listed: str) -> None:
+    path = publish(tmp_path / "volume", {"a.txt": "alpha"})
+    (tmp_path / "volume" / "art" / "x").write_text("alpha")  # what ../x would hash, if it were followed
+    rewrite_manifest(path, {"path": listed})
+    with pytest.raises(ArtifactError, match="not a plain relative path inside the artifact"):
+        open_artifact(tmp_path / "volume", "art", "test-kind")
+
+
+def test_a_symlink_out_of_the_volume_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("alpha")
+    path = publish(tmp_path / "volume", {"a.txt": "alpha"})
+    (path / "a.txt").unlink()
+    (path / "a.txt").symlink_to(outside)  # same bytes, so only the link itself can give it away
+    with pytest.raises(ArtifactError, match="a symlink inside an artifact"):
+        open_artifact(tmp_path / "volume", "art", "test-kind")
+
+
+def test_a_symlinked_folder_or_manifest_or_special_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    path = publish(tmp_path / "volume", {"sub/a.txt": "alpha"})
+    real = tmp_path / "elsewhere"
+    (path / "sub").rename(real)
+    (path / "sub").symlink_to(real)
+    with pytest.raises(ArtifactError, match="a symlink inside an artifact"):
+        open_artifact(tmp_path / "volume", "art", "test-kind")
+    (path / "sub").unlink()
+    real.rename(path / "sub")
+    os.mkfifo(path / "pipe")
+    with pytest.raises(ArtifactError, match="only regular files and folders"):
+        open_artifact(tmp_path / "volume", "art", "test-kind")
+    (path / "pipe").unlink()
+    (tmp_path / "m.json").write_text((path / "manifest.json").read_text())
+    (path / "manifest.json").unlink()
+    (path / "manifest.json").symlink_to(tmp_path / "m.json")
+    with pytest.raises(ArtifactError, match="a symlink inside an artifact"):
+        open_artifact(tmp_path / "volume", "art", "test-kind")
+
+
 def test_open_refuses_the_wrong_kind(tmp_path: Path) -> None:
     publish(tmp_path, {"a.txt": "alpha"})
     with pytest.raises(ArtifactError, match="holds a 'test-kind' artifact, expected 'base-model'"):
@@ -144,3 +196,18 @@ def test_wait_refuses_a_corrupt_publish(tmp_path: Path) -> None:
     (path / "a.txt").write_text("omega")
     with pytest.raises(ArtifactError, match="sha256 does not match"):
         wait_for_artifact(tmp_path, "art", "test-kind", producer="p", timeout_s=1, poll_s=0.05)
+
+
+def test_no_output_path_is_taken_from_a_manifest(tmp_path: Path) -> None:
+    """Evaluation writes TensorBoard scalars to the training run an adapter names, only if it has the
+    shape of one and is a real folder of the volume."""
+    from private_finetuning.tensorboard_logging import recorded_run_dir
+
+    run = tmp_path / "runs" / "train-0123456789ab"
+    run.mkdir(parents=True)
+    assert recorded_run_dir(tmp_path, "runs/train-0123456789ab") == run
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "train-aaaaaaaaaaaa").symlink_to(tmp_path / "elsewhere")
+    for recorded in ["runs/train-aaaaaaaaaaaa", "../../etc", "/etc", "runs/../../x", "runs/train-0123456789ab/..",
+                     "runs/train-ffffffffffff", None, 42]:
+        assert recorded_run_dir(tmp_path, recorded) is None, recorded

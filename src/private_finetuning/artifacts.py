@@ -23,10 +23,11 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from private_finetuning import __version__
@@ -210,18 +211,20 @@ def verify(path: Path, expect_kind: str | None = None) -> Manifest:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: no {MANIFEST}; the artifact is half-written or not an artifact")
+    _regular_file(path, MANIFEST)
     manifest = Manifest.from_file(manifest_path)
     if expect_kind is not None and manifest.kind != expect_kind:
         raise ArtifactError(f"{path}: holds a {manifest.kind!r} artifact, expected {expect_kind!r}")
     listed = {f.path for f in manifest.files}
     for entry in manifest.files:
-        file = path / entry.path
-        if not file.is_file():
-            raise ArtifactError(f"{file}: listed in the manifest but missing")
+        file = _regular_file(path, _confined(entry.path, manifest_path))
         if file.stat().st_size != entry.size:
             raise ArtifactError(f"{file}: size {file.stat().st_size} != {entry.size} in the manifest (truncated?)")
         if sha256_file(file) != entry.sha256:
             raise ArtifactError(f"{file}: sha256 does not match the manifest; the artifact is corrupt")
+    for found in path.rglob("*"):  # nothing but folders and regular files, as on publish
+        if found.is_symlink() or not (found.is_dir() or found.is_file()):
+            raise ArtifactError(f"{found}: artifacts may hold only regular files and folders")
     extra = sorted(str(p.relative_to(path)) for p in path.rglob("*")
                    if p.is_file() and p.name != MANIFEST and str(p.relative_to(path)) not in listed)
     if extra:
@@ -229,6 +232,30 @@ def verify(path: Path, expect_kind: str | None = None) -> Manifest:
     if _digest(manifest.files) != manifest.digest:
         raise ArtifactError(f"{manifest_path}: digest does not match its file list")
     return manifest
+
+
+def _confined(relative: str, manifest_path: Path) -> str:
+    """A manifest's file path, refused unless relative, normalised and inside the version folder."""
+    pure = PurePosixPath(relative)
+    if (not relative or pure.is_absolute() or "\\" in relative or str(pure) != relative
+            or any(part in ("..", ".") for part in pure.parts) or relative == MANIFEST):
+        raise ArtifactError(f"{manifest_path}: file path {relative!r} is not a plain relative path inside the "
+                            "artifact; refusing it")
+    return relative
+
+
+def _regular_file(path: Path, relative: str) -> Path:
+    """``path/relative``, refused if a symlink lies on the way or it is not a regular file."""
+    file = path
+    for part in PurePosixPath(relative).parts:
+        file = file / part
+        if file.is_symlink():
+            raise ArtifactError(f"{file}: a symlink inside an artifact; refusing it")
+    if not file.exists():
+        raise ArtifactError(f"{file}: listed in the manifest but missing")
+    if not stat.S_ISREG(file.lstat().st_mode):
+        raise ArtifactError(f"{file}: not a regular file; refusing it")
+    return file
 
 
 def open_artifact(volume: Path, artifact: str, expect_kind: str) -> Artifact:

@@ -7,6 +7,7 @@ projector of the token embeddings most used by the private data.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,20 @@ RUNS = "runs"
 
 def run_dir(volume: Path, run_id: str) -> Path:
     return volume / RUNS / f"train-{run_id[:12]}"
+
+
+def recorded_run_dir(volume: Path, recorded: object) -> Path | None:
+    """The training run folder an adapter's manifest names, rebuilt here from its shape, never taken as a path.
+
+    A manifest is data from a volume: only ``runs/train-<12 hex>`` is accepted, and the folder must be a
+    real folder of this volume (not a symlink), so nothing is ever written outside it.
+    """
+    if not isinstance(recorded, str) or not re.fullmatch(rf"{RUNS}/train-[0-9a-f]{{12}}", recorded):
+        return None
+    path = volume / RUNS / recorded.split("/", 1)[1]
+    if path.is_symlink() or (volume / RUNS).is_symlink() or not path.is_dir():
+        return None
+    return path
 
 
 def open_writer(path: Path, purge_step: int | None = None) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 from private_finetuning.artifacts import Artifact, ArtifactWriter
 from private_finetuning.chat import encode_for_training, encode_prompt, with_system
+from private_finetuning.data import jsonl
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
 from private_finetuning.errors import GateFailed, InputDataError, SourceError
 from private_finetuning.evaluation_metrics import (
@@ -73,7 +74,7 @@ def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
 
 
 def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = jsonl.read_records(path)
     usable = [r for r in records if len(r["messages"]) >= 2 and r["messages"][-2]["role"] == "user"]
     if not usable:
         raise InputDataError(str(path), "no usable rows: the eval split needs records with a user question "
@@ -283,12 +284,13 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def write_tensorboard(ctx: StageContext, adapter: Artifact, report: dict[str, Any]) -> None:
     """Scalars and the report as text, in the training run's folder, at the adapter's final step."""
-    from private_finetuning.tensorboard_logging import open_writer
+    from private_finetuning.tensorboard_logging import open_writer, recorded_run_dir
 
-    run = adapter.manifest.metadata.get("tensorboard_run")
-    if not run:
+    run = recorded_run_dir(ctx.args.fine_tuned, adapter.manifest.metadata.get("tensorboard_run"))
+    if run is None:
+        ctx.log.warning("the adapter names no training run folder of this volume; no TensorBoard scalars written")
         return
-    writer = open_writer(ctx.args.fine_tuned / run)
+    writer = open_writer(run)
     step = int(adapter.manifest.metadata.get("steps", 0))
     for kind, values in report["metrics"].items():
         for key in ("fact_accuracy", "rouge_l", "answer_perplexity", "general_perplexity", "latency_s_per_answer"):
