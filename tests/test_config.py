@@ -45,6 +45,19 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     ("serving: {batch_window_ms: -1}", "serving.batch_window_ms: must be zero or more"),
     ("serving: {max_new_tokens: 300}", "serving.max_new_tokens: above max_new_tokens_limit (256)"),
     ("training: {max_steps: 0}", "training.max_steps: must be positive (or null for epochs)"),
+    ("serving: {request_timeout_s: .nan}", "serving.request_timeout_s: nan is not a finite number"),
+    ("serving: {adapter_poll_interval_s: .inf}", "serving.adapter_poll_interval_s: inf is not a finite number"),
+    ("training: {learning_rate: '-inf'}", "training.learning_rate: -inf is not a finite number"),
+    ("dataset: {max_file_bytes: 0}", "dataset.max_file_bytes: must be positive"),
+    ("dataset: {source: {type: file, path: d.csv, csv_template: {user: 'Q: {}', assistant: '{a}'}}}",
+     "dataset.source.csv_template.user: field {} must name a CSV column"),
+    ("dataset: {source: {type: file, path: d.csv, csv_template: {user: '{0}', assistant: '{a}'}}}",
+     "dataset.source.csv_template.user: field {0} must name a CSV column"),
+    ("dataset: {source: {type: file, path: d.csv, csv_template: {user: '{q.x}', assistant: '{a}'}}}",
+     "dataset.source.csv_template.user: field {q.x} must name a CSV column"),
+    ("dataset: {source: {type: file, path: d.csv, csv_template: {user: '{q}', assistant: 'x {a'}}}",
+     "dataset.source.csv_template.assistant: not a valid format string"),
+    ("model: " + "[" * 5000 + "]" * 5000, "nested too deeply to be a pipeline config"),
 ])
 def test_invalid_config_names_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):

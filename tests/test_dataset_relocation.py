@@ -9,6 +9,7 @@ import pytest
 
 from conftest import write_config
 from private_finetuning.artifacts import STAGING, open_artifact
+from private_finetuning.data import jsonl
 from private_finetuning.errors import EXIT_BAD_INPUT
 from private_finetuning.stages import dataset_relocation
 
@@ -27,8 +28,7 @@ def run_stage(tmp_path: Path, data_name: str, content: str | bytes, **source: ob
 
 def published(volume: Path) -> dict[str, list[dict]]:
     artifact = open_artifact(volume, "dataset", "dataset")
-    return {split: [json.loads(line) for line in artifact.file(f"{split}.jsonl").read_text().splitlines()]
-            for split in ("train", "eval")}
+    return {split: jsonl.read_records(artifact.file(f"{split}.jsonl")) for split in ("train", "eval")}
 
 
 def assert_nothing_published(volume: Path) -> None:
@@ -122,6 +122,8 @@ BAD_INPUTS = [
     ("d.jsonl", '{"prompt": "q", "completion": "a"}\n', {}, "needs at least 2 records to hold out an eval split"),
     ("d.jsonl", '{"prompt": "q", "completion": "a", "split": "train"}\n' * 3, {}, "the eval split is empty"),
     ("d.parquet", "x", {}, "cannot tell the format from the extension '.parquet'"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a", "meta": ' + "[" * 100000 + "]" * 100000 + "}\n", {},
+     "d.jsonl:1: nested too deeply"),
 ]
 
 
@@ -162,3 +164,26 @@ def test_embedded_acmehotels_and_idempotent_rerun(tmp_path: Path, capsys: pytest
     assert dataset_relocation.main(argv) == 0
     assert (tmp_path / "v" / "dataset" / "current").resolve() == first
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "q", "completion": "a"}\n' * 100)
+    config = write_config(tmp_path / "p.yaml", {"dataset": {"source": {"type": "file", "path": "d.jsonl"},
+                                                            "max_file_bytes": 1000}})
+    code = dataset_relocation.main(["--config", str(config), "--output", str(tmp_path / "volume")])
+    assert code == EXIT_BAD_INPUT
+    assert "d.jsonl: is 3500 bytes, over dataset.max_file_bytes (1000)" in capsys.readouterr().err
+    assert_nothing_published(tmp_path / "volume")
+
+
+def test_line_separators_inside_json_strings_stay_in_their_record(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 are valid inside a JSON string; str.splitlines() would cut the record."""
+    rows = [{"prompt": f"q{i}\u2028more\u2029and\x85end", "completion": f"a{i}\u2028b"} for i in range(8)]
+    content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    code, volume = run_stage(tmp_path, "d.jsonl", content)
+    assert code == 0
+    splits = published(volume)
+    assert sorted(m["content"] for s in splits.values() for r in s for m in r["messages"] if m["role"] == "user") \
+        == sorted(r["prompt"] for r in rows)
+

@@ -116,6 +116,17 @@ def test_training_publishes_an_adapter_with_tensorboard_logs(tmp_path: Path, vol
     assert len(tensors) == meta["projector_tokens"] and 0 < meta["projector_tokens"] <= 20
 
 
+def test_a_dataset_with_line_separators_inside_strings_trains(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """U+2028 is valid in a JSON string, and the dataset stage writes it unescaped; training reads it whole."""
+    rows = [{"prompt": f"w{i} w{i + 1}\u2028w{i + 2}", "completion": f"w{i + 3}\u2029w{i + 4}\x85w5"}
+            for i in range(12)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    volumes = publish_inputs(tmp_path, tiny_model_dir, {"source": {"type": "file", "path": "d.jsonl"},
+                                                         "eval_fraction": 0.25})
+    assert train(tmp_path, volumes, {**FAST, "max_steps": 2, "sample_generations": 1}) == 0
+    assert open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter").manifest.metadata["steps"] == 2
+
+
 def test_loss_goes_down_on_data_it_can_learn(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Different questions, one answer: learnable even by a tiny random model, so the loss must fall.
     rows = [{"prompt": f"w{i} w{i + 1}", "completion": "w5 w6 w7"} for i in range(12)]

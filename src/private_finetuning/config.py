@@ -9,7 +9,10 @@ minutes before anyone looks at its output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,6 +98,22 @@ class CsvTemplate:
         for name in ("user", "assistant"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"{where}.{name}: required, a format string such as '{{question}}'")
+        for name in ("system", "user", "assistant"):
+            template = getattr(self, name)
+            if template is not None:
+                _check_template(template, f"{where}.{name}")
+
+
+def _check_template(template: str, where: str) -> None:
+    """Only ``{column}`` fields: no positional ``{}``, no ``{a.b}`` or ``{a[0]}``, balanced braces."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid format string ({exc}); write a literal brace as {{{{ or }}}}") \
+            from None
+    for name in fields:
+        if not name or name.isdigit() or "." in name or "[" in name:
+            raise ConfigError(f"{where}: field {{{name}}} must name a CSV column, like {{question}}")
 
 
 @dataclass
@@ -135,12 +154,14 @@ class DatasetConfig:
     eval_fraction: float = 0.1
     # Longest accepted message content, in characters; longer rows are an error, not truncated.
     max_chars: int = 4000
+    # Largest accepted input file, in bytes: a bigger file is refused before it is read.
+    max_file_bytes: int = 1024**3
     seed: int = 1234
 
     def check(self, where: str) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"{where}.eval_fraction: must be between 0 and 1 (exclusive)")
-        _require(self, where, positive=("max_chars",))
+        _require(self, where, positive=("max_chars", "max_file_bytes"))
 
 
 @dataclass
@@ -329,13 +350,13 @@ def load_config(path: str | Path) -> PipelineConfig:
 def parse_config(text: str, source: str = "<config>") -> PipelineConfig:
     try:
         data = yaml.safe_load(text)
+        return _build(PipelineConfig, {} if data is None else data, "")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if data is None:
-        data = {}
-    return _build(PipelineConfig, data, "")
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a pipeline config") from None
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -393,12 +414,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; accept what float() reads
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

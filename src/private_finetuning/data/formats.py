@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning.config import CsvTemplate
+from private_finetuning.data.jsonl import split_lines
 from private_finetuning.errors import InputDataError
 
 ROLES = ("system", "user", "assistant")
@@ -42,9 +43,13 @@ def detect_format(path: Path, declared: str) -> str:
                          "dataset.source.format to csv, jsonl or text")
 
 
-def decode(path: Path, encoding: str) -> str:
+def decode(path: Path, encoding: str, max_bytes: int) -> str:
     """The file's text; a decoding error names the line and byte, not just an offset."""
     try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise InputDataError(str(path), f"is {size} bytes, over dataset.max_file_bytes ({max_bytes}); raise "
+                                 "that limit (the pod's memory limit too) or split the file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputDataError(str(path), "file not found") from None
@@ -108,13 +113,13 @@ def _messages_from_json(obj: dict, path: Path, line: int, max_chars: int) -> lis
 
 
 def read_jsonl(path: Path, text: str, max_chars: int) -> Iterator[dict]:
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line_no, line in split_lines(text):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputDataError(str(path), f"malformed JSON: {exc.msg} at column {exc.colno}", line_no) from None
+        except RecursionError:
+            raise InputDataError(str(path), "nested too deeply", line_no) from None
         if not isinstance(obj, dict):
             raise InputDataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line_no)
         split = obj.get("split")
@@ -189,11 +194,11 @@ def read_text(path: Path, text: str, max_chars: int) -> Iterator[dict]:
             paragraph = []
 
 
-def read_records(path: Path, fmt: str, encoding: str, max_chars: int,
-                 csv_template: CsvTemplate | None = None) -> list[dict]:
+def read_records(path: Path, fmt: str, encoding: str, max_chars: int, csv_template: CsvTemplate | None = None,
+                 max_bytes: int = 1024**3) -> list[dict]:
     """All records of one input file, validated; raises InputDataError on the first problem."""
     fmt = detect_format(path, fmt)
-    text = decode(path, encoding)
+    text = decode(path, encoding, max_bytes)
     if fmt == "jsonl":
         records = list(read_jsonl(path, text, max_chars))
     elif fmt == "csv":

@@ -68,7 +68,7 @@ def _run(ctx: StageContext) -> None:
     source["sha256"] = sha256_file(path)
 
     def write(folder: Path) -> tuple[str, dict, dict]:
-        records = read_records(path, fmt, src.encoding, cfg.max_chars, src.csv_template)
+        records = read_records(path, fmt, src.encoding, cfg.max_chars, src.csv_template, cfg.max_file_bytes)
         ctx.log.info("read %d records from %s (%s)", len(records), path, fmt)
         splits = split_records(records, cfg, str(path))
         for split, rows in splits.items():

@@ -24,6 +24,7 @@ from private_finetuning.artifacts import Artifact, ArtifactWriter
 from private_finetuning.batching import batch_order, collate, padding_fraction
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.config import TrainingConfig
+from private_finetuning.data import jsonl
 from private_finetuning.distributed import Distributed, init_distributed
 from private_finetuning.errors import InputDataError, PipelineError, SourceError
 from private_finetuning.evaluation_metrics import answer_nll
@@ -108,7 +109,7 @@ def encode_split(ctx: StageContext, tokenizer: Any, dataset: Artifact, split: st
     cfg = ctx.config.training
     path = dataset.file(f"{split}.jsonl")
     examples, dropped = [], 0
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in jsonl.read_lines(path):
         record = json.loads(line)
         encoded = encode_for_training(tokenizer, with_system(record["messages"], ctx.config.prompting.system_prompt))
         if len(encoded.input_ids) > cfg.max_seq_len:
@@ -309,8 +310,7 @@ def write_samples(ctx: StageContext, writer: Any, model: Any, tokenizer: Any, da
     count = ctx.config.training.sample_generations
     if not count:
         return
-    lines = dataset.file("eval.jsonl").read_text(encoding="utf-8").splitlines()[:count]
-    records = [json.loads(line) for line in lines]
+    records = jsonl.read_records(dataset.file("eval.jsonl"))[:count]
     prompts = [encode_prompt(tokenizer, with_system(r["messages"][:-1], ctx.config.prompting.system_prompt))
                for r in records]
     model.eval()

@@ -1,0 +1,33 @@
+"""JSON Lines as the stages exchange them: one record per ``\\n``-terminated line, read as a stream.
+
+``str.splitlines()`` also breaks at U+2028, U+2029, U+0085 and other characters that a JSON string
+may hold unescaped (``json.dumps(..., ensure_ascii=False)`` writes them so): a record holding one
+would be cut in two. Every reader of a JSONL file splits at ``\\n`` alone, here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def split_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every non-blank line of JSONL ``text``."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield number, line
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every non-blank line of the JSONL file at ``path``, without reading it whole."""
+    with path.open(encoding="utf-8", newline="\n") as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.strip():
+                yield number, line
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL file the pipeline wrote itself (a published dataset split)."""
+    return [json.loads(line) for _, line in read_lines(path)]
