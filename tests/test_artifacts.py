@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,11 @@ from private_finetuning.artifacts import (
     wait_for_artifact,
 )
 from private_finetuning.errors import ArtifactError, ArtifactTimeout
+
+
+def staged_leftovers(volume: Path) -> list[str]:
+    """What a producer left in staging, less the artifact's commit lock (an empty file that stays)."""
+    return sorted(p.name for p in (volume / STAGING).iterdir() if not p.name.endswith(".commit.lock"))
 
 
 def publish(volume: Path, files: dict[str, str], *, keep: int = 1, name: str = "thing") -> Path:
@@ -44,7 +51,7 @@ def test_publish_writes_manifest_with_checksums(tmp_path: Path) -> None:
     assert manifest["metadata"] == {"n": 2}
     assert manifest["created_at"]
     assert verify(path).digest == manifest["digest"]
-    assert list((tmp_path / STAGING).iterdir()) == []
+    assert staged_leftovers(tmp_path) == []
 
 
 def test_failure_inside_the_writer_publishes_nothing(tmp_path: Path) -> None:
@@ -53,7 +60,7 @@ def test_failure_inside_the_writer_publishes_nothing(tmp_path: Path) -> None:
         (writer.path / "half.txt").write_text("half")
         raise RuntimeError("conversion crashed")
     assert not (tmp_path / "art").exists()
-    assert list((tmp_path / STAGING).iterdir()) == []
+    assert staged_leftovers(tmp_path) == []
 
 
 def test_empty_artifact_is_refused(tmp_path: Path) -> None:
@@ -211,3 +218,66 @@ def test_no_output_path_is_taken_from_a_manifest(tmp_path: Path) -> None:
     for recorded in ["runs/train-aaaaaaaaaaaa", "../../etc", "/etc", "runs/../../x", "runs/train-0123456789ab/..",
                      "runs/train-ffffffffffff", None, 42]:
         assert recorded_run_dir(tmp_path, recorded) is None, recorded
+
+
+def test_a_live_producers_staging_is_left_alone(tmp_path: Path) -> None:
+    """A retried pod whose predecessor still runs must not delete the predecessor's staging folder."""
+    with ArtifactWriter(tmp_path, "art", kind="test-kind", stage="a") as first:
+        assert first.path is not None
+        (first.path / "a.txt").write_text("from the first")
+        publish(tmp_path, {"b.txt": "from the second"})  # starts, cleans stale staging, publishes
+        assert (first.path / "a.txt").is_file()
+        first.commit(name="first", source={})
+    assert open_artifact(tmp_path, "art", "test-kind").manifest.name == "first"
+    assert staged_leftovers(tmp_path) == []
+
+
+PRODUCER = """
+import os, sys
+from pathlib import Path
+from private_finetuning import artifacts
+volume, content, fault = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+if fault != "none":
+    artifacts.fault_hook = lambda step: os.kill(os.getpid(), 9) if step == fault else None
+with artifacts.ArtifactWriter(volume, "art", kind="test-kind", stage="p", keep_versions=0) as w:
+    for i in range(20):
+        (w.path / f"part{i}.txt").write_text(content * 1000)
+    w.commit(name=content, source={})
+"""
+
+
+def producer(volume: Path, content: str, fault: str = "none") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", PRODUCER, str(volume), content, fault])
+
+
+def test_two_producers_at_once_always_leave_one_verified_current(tmp_path: Path) -> None:
+    for round_ in range(20):
+        volume = tmp_path / f"round{round_}"
+        both = [producer(volume, f"a{round_}"), producer(volume, f"b{round_}")]
+        assert [p.wait(timeout=60) for p in both] == [0, 0]
+        assert open_artifact(volume, "art", "test-kind").manifest.name in (f"a{round_}", f"b{round_}")
+        assert staged_leftovers(volume) == []
+
+
+@pytest.mark.parametrize("step", ["staged", "manifest-written", "renamed", "published"])
+def test_a_producer_killed_at_any_step_leaves_old_or_new_never_partial(tmp_path: Path, step: str) -> None:
+    assert producer(tmp_path, "old").wait(timeout=60) == 0
+    assert producer(tmp_path, "new", fault=step).wait(timeout=60) == -9
+    seen = open_artifact(tmp_path, "art", "test-kind").manifest.name  # verified: complete
+    assert seen == ("new" if step == "published" else "old")
+    assert producer(tmp_path, "newer").wait(timeout=60) == 0  # and the next run cleans up after the dead one
+    assert open_artifact(tmp_path, "art", "test-kind").manifest.name == "newer"
+    assert staged_leftovers(tmp_path) == []
+    versions = [p for p in (tmp_path / "art").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert len(versions) == 1  # keep_versions 0: the dead producer's orphan version was pruned too
+
+
+def test_pruning_keeps_every_referenced_version(tmp_path: Path) -> None:
+    from private_finetuning.artifacts import point
+
+    first = publish(tmp_path, {"a.txt": "one"}, keep=0)
+    point(tmp_path / "art", "promoted", first.name)
+    second = publish(tmp_path, {"a.txt": "two"}, keep=0)
+    third = publish(tmp_path, {"a.txt": "three"}, keep=0)
+    left = {p.name for p in (tmp_path / "art").iterdir() if p.is_dir() and not p.is_symlink()}
+    assert left == {first.name, third.name} and second.name not in left

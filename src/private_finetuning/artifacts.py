@@ -16,6 +16,7 @@ is already current is a no-op.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +26,8 @@ import shutil
 import socket
 import stat
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -125,11 +128,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _step(name: str) -> None:
+    """A named point of the publish protocol; tests set ``fault_hook`` to kill a producer exactly there."""
+    if fault_hook is not None:
+        fault_hook(name)
+
+
+fault_hook: Callable[[str], None] | None = None
+
+
+@contextmanager
+def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive lock on ``path`` (created if missing), released when the holder exits or dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 class ArtifactWriter:
     """Writes one artifact into staging and publishes it atomically on :meth:`commit`.
 
     Use as a context manager: if the block raises (bad input, a crash in conversion), the staging
-    folder is removed and nothing is published.
+    folder is removed and nothing is published. Several producers of one artifact may run at once (a
+    retried pod whose predecessor still runs, two runs): each stages in a folder of its own, held by
+    a lock for as long as it lives, and only folders whose holder is gone are cleaned up. Commits
+    are serialised per artifact, so the last one wins and ``current`` is always a complete version.
     """
 
     def __init__(self, volume: Path, artifact: str, *, kind: str, stage: str, keep_versions: int = 1):
@@ -137,21 +167,41 @@ class ArtifactWriter:
         self.keep_versions = keep_versions
         self.path: Path | None = None
         self.published: Artifact | None = None
+        self._lock_fd: int | None = None
 
     def __enter__(self) -> ArtifactWriter:
         staging = self.volume / STAGING
         staging.mkdir(parents=True, exist_ok=True)
-        # One producer per artifact (one Job): leftovers under our prefix are from a killed run.
-        for stale in staging.glob(f"{self.artifact}-*"):
-            log.info("removing staging leftover of an interrupted run: %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        self.path = staging / f"{self.artifact}-{secrets.token_hex(4)}"
-        self.path.mkdir()
+        path = staging / f"{self.artifact}-{secrets.token_hex(4)}"
+        # The lock comes before the folder, so a folder never exists without a live or dead holder's lock.
+        self._lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o664)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        path.mkdir()
+        self.path = path
+        self._remove_stale(staging)
         return self
+
+    def _remove_stale(self, staging: Path) -> None:
+        """Staging folders of producers that died (their lock is free); a live producer's stay."""
+        for stale in staging.glob(f"{self.artifact}-*"):
+            stale = stale.with_suffix("") if stale.suffix == ".lock" else stale  # a lock whose folder is gone, too
+            if stale == self.path or not (stale.exists() or Path(f"{stale}.lock").exists()):
+                continue
+            with _flock(Path(f"{stale}.lock"), blocking=False) as free:
+                if free:
+                    if stale.exists():
+                        log.info("removing staging leftover of an interrupted run: %s", stale)
+                        shutil.rmtree(stale, ignore_errors=True)
+                    Path(f"{stale}.lock").unlink(missing_ok=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.path is not None and self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
+        if self.path is not None:
+            Path(f"{self.path}.lock").unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         if exc_type is not None:
             log.warning("discarded the staged %s; nothing was published to %s", self.artifact, self.volume)
 
@@ -160,14 +210,36 @@ class ArtifactWriter:
         files = _scan(self.path)
         if not files:
             raise ArtifactError(f"{self.path}: refusing to publish an empty artifact")
+        _step("staged")
         digest = _digest(files)
         root = self.volume / self.artifact
-        current = current_version(self.volume, self.artifact)
-        if current is not None and current.digest == digest:
-            log.info("%s/%s: identical content already published (%s); nothing to do",
-                     self.volume, self.artifact, digest[:12])
-            self.published = Artifact(root / CURRENT, current)
-            return self.published
+        root.mkdir(parents=True, exist_ok=True)
+        with _flock(self.volume / STAGING / f"{self.artifact}.commit.lock"):
+            current = current_version(self.volume, self.artifact)
+            if current is not None and current.digest == digest:
+                log.info("%s/%s: identical content already published (%s); nothing to do",
+                         self.volume, self.artifact, digest[:12])
+                self.published = Artifact(root / CURRENT, current)
+                return self.published
+            manifest = self._write_manifest(name, source, metadata, files, digest)
+            version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:12]}"
+            if (root / version).exists():  # the same bytes, published this second by another producer
+                verify(root / version, self.kind)
+            else:
+                os.replace(self.path, root / version)
+                _fsync_dir(root)
+            _step("renamed")
+            point(root, CURRENT, version)  # the publish: one atomic rename
+            _step("published")
+            self._prune(root)
+        log.info("published %s %r to %s (%d files, %s, digest %s)", self.kind, name, root / version,
+                 len(files), human_size(sum(f.size for f in files)), digest[:12])
+        self.published = Artifact(root / CURRENT, manifest)
+        return self.published
+
+    def _write_manifest(self, name: str, source: dict[str, Any], metadata: dict[str, Any] | None,
+                        files: list[FileEntry], digest: str) -> Manifest:
+        assert self.path is not None
         manifest = Manifest(
             kind=self.kind, name=name, source=source, files=files, digest=digest,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -177,25 +249,24 @@ class ArtifactWriter:
         (self.path / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         with (self.path / MANIFEST).open("rb") as fh:
             os.fsync(fh.fileno())
-        root.mkdir(parents=True, exist_ok=True)
-        version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:12]}"
-        os.replace(self.path, root / version)
-        _fsync_dir(root)
-        link_tmp = root / f".{CURRENT}-{secrets.token_hex(4)}"
-        os.symlink(version, link_tmp)
-        os.replace(link_tmp, root / CURRENT)  # the publish: one atomic rename
-        _fsync_dir(root)
-        self._prune(root, keep=version)
-        log.info("published %s %r to %s (%d files, %s, digest %s)", self.kind, name, root / version,
-                 len(files), human_size(sum(f.size for f in files)), digest[:12])
-        self.published = Artifact(root / CURRENT, manifest)
-        return self.published
+        _step("manifest-written")
+        return manifest
 
-    def _prune(self, root: Path, keep: str) -> None:
-        older = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name != keep),
+    def _prune(self, root: Path) -> None:
+        """Keep every version a reference points at (current, promoted, served...) and the newest others."""
+        referenced = {link.resolve().name for link in root.iterdir() if link.is_symlink()}
+        older = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in referenced),
                        key=lambda p: p.name, reverse=True)
         for old in older[self.keep_versions:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def point(root: Path, reference: str, version: str) -> None:
+    """Make ``root/reference`` a relative link to ``version``, in one atomic rename."""
+    link_tmp = root / f".{reference}-{secrets.token_hex(4)}"
+    os.symlink(version, link_tmp)
+    os.replace(link_tmp, root / reference)
+    _fsync_dir(root)
 
 
 def current_version(volume: Path, artifact: str) -> Manifest | None:
