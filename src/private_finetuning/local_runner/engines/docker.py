@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -51,6 +52,31 @@ def _volume_args(mounts: list[Mount]) -> list[str]:
                     folder = item.resolve().parent
                     args += ["--volume", f"{folder}:{folder}:ro"]
     return args
+
+
+def _unreadable_by_pods(path: Path) -> Path | None:
+    """The first folder or file on the way to ``path`` that a pod's uid (not its owner) cannot pass or read."""
+    for part in [*reversed(path.parents), path]:
+        mode = part.stat().st_mode
+        needed = stat.S_IROTH if part == path else stat.S_IXOTH
+        if not mode & needed:
+            return part
+    return None
+
+
+def _check_linked_config(pod: Pod) -> None:
+    """A --config file is mounted with its folder: the pod's user must be able to read it there."""
+    for mount in pod.mounts:
+        if mount.kind != "configMap":
+            continue
+        for item in mount.host.iterdir():
+            if item.is_symlink():
+                blocked = _unreadable_by_pods(item.resolve())
+                if blocked is not None:
+                    mode = stat.filemode(blocked.stat().st_mode)
+                    raise ConfigError(f"--config {item.resolve()}: the pods run as uid {pod.security.run_as_user}, "
+                                      f"which cannot read it ({blocked} is mode {mode}); make it readable "
+                                      "(chmod o+rx on the folders, o+r on the file)")
 
 
 def _security_args(pod: Pod, image_user: str) -> list[str]:
@@ -187,6 +213,7 @@ class DockerContainer:
                 "user": config.get("User"), "network_mode": host.get("NetworkMode"),
                 "read_only_root": host.get("ReadonlyRootfs"), "cap_drop": host.get("CapDrop"),
                 "security_opt": host.get("SecurityOpt"), "memory_limit": host.get("Memory"),
+                "port_bindings": host.get("PortBindings") or {},
                 "oom_killed": state.get("OOMKilled"), "exit_code": state.get("ExitCode"),
                 "reason": self.reason, "peak_memory": self._peak}
 
@@ -210,6 +237,8 @@ class DockerEngine:
         if missing:
             raise ConfigError(f"image(s) not found in the local Docker engine: {', '.join(missing)}; build them "
                               "with scripts/build-images.sh (see docs/containers.md)")
+        for pod in pods:
+            _check_linked_config(pod)
         self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:
