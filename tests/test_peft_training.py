@@ -177,6 +177,45 @@ def test_killed_pod_resumes_from_its_checkpoint(tmp_path: Path, volumes: dict[st
     assert open_artifact(out, "adapter", "lora-adapter").manifest.metadata["steps"] == 300
 
 
+def test_sigterm_saves_a_checkpoint_and_the_next_pod_repeats_no_step(tmp_path: Path, volumes: dict[str, Path]) -> None:
+    """An eviction (SIGTERM, then SIGKILL after the grace period) at a random step, three times over: each
+    pod exits 5, which the Job's podFailurePolicy ignores, having saved the step it reached; the next pod
+    resumes exactly there, and the curve in TensorBoard has every step once."""
+    import random
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    total = 40
+    config = write_config(tmp_path / "train.yaml", {"training": {
+        **FAST, "max_steps": total, "checkpoint_every_steps": 1000, "sample_generations": 0}})
+    argv = [sys.executable, "-m", "private_finetuning.stages.peft_training", *train_argv(config, volumes)]
+    out = volumes["fine-tuned-model"]
+    rng = random.Random(7)
+    resumed_at = []
+    for _ in range(3):
+        pod = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wanted = (resumed_at[-1] if resumed_at else 0) + rng.randint(2, 8)
+        assert pod.stderr is not None
+        for line in pod.stderr:  # the progress lines say which step the pod is at
+            if f"step {wanted}/" in line or f"step {wanted + 1}/" in line:
+                pod.send_signal(signal.SIGTERM)
+                break
+        rest = pod.communicate(timeout=120)[1]
+        assert pod.returncode == 5, rest[-2000:]  # EXIT_INTERRUPTED: podFailurePolicy Ignore
+        saved = int(rest.split("SIGTERM at step ")[1].split()[0])
+        assert saved >= wanted
+        resumed_at.append(saved)
+        assert not (out / "adapter").exists()
+    last = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert last.returncode == 0, last.stderr[-2000:]
+    assert f"resuming from the checkpoint at step {resumed_at[-1]} of {total}" in last.stderr
+    adapter = open_artifact(out, "adapter", "lora-adapter")
+    assert adapter.manifest.metadata["steps"] == total
+    events = EventAccumulator(str(out / adapter.manifest.metadata["tensorboard_run"]), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, total + 1))
+
+
 # --- the status endpoint ---------------------------------------------------------------------------
 
 def test_status_endpoint_routes() -> None:

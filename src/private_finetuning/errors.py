@@ -4,6 +4,9 @@ Exit codes are part of the contract with the Kubernetes manifests: a Job's ``pod
 fails the whole Job at once on ``EXIT_BAD_INPUT`` (retrying cannot fix a bad config or corrupt
 data) and ``EXIT_GATE_FAILED`` (an evaluation gate refused the adapter), while other failures
 (killed pod, timeout waiting for an input) are retried up to the Job's ``backoffLimit``.
+``EXIT_INTERRUPTED`` means a SIGTERM (eviction, drain, Ctrl-C of the local runner) stopped the stage
+cleanly, its progress saved where it has any: the Jobs' ``podFailurePolicy`` ignores it, so a
+replacement pod is started without counting against ``backoffLimit``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INPUT_TIMEOUT = 3
 EXIT_GATE_FAILED = 4
+EXIT_INTERRUPTED = 5
 
 
 class PipelineError(Exception):
@@ -61,3 +65,9 @@ class ArtifactTimeout(PipelineError):
     """An input artifact was not published in time; a retry of the Job may succeed."""
 
     exit_code = EXIT_INPUT_TIMEOUT
+
+
+class Interrupted(PipelineError):
+    """SIGTERM reached the stage: it stopped cleanly (a checkpoint saved, nothing partial published)."""
+
+    exit_code = EXIT_INTERRUPTED

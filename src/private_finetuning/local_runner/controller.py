@@ -38,6 +38,7 @@ class PodRun:
     log_path: Path
     created: float
     attempts: int = 0
+    ignored: int = 0  # attempts that podFailurePolicy Ignore does not count against backoffLimit
     status: str = "pending"  # pending, running, succeeded, failed, stopped
     reason: str = ""
     started: float = 0.0
@@ -204,11 +205,17 @@ class Controller:
         why = f"exit {code}" + (f" ({run.records[-1]['reason']})" if run.records[-1]["reason"] != "Error" else "")
         if code in run.pod.fail_job_exit_codes:
             self._finish(run, "failed", f"{why}: podFailurePolicy FailJob (bad input, not retried)")
-        elif run.attempts > run.pod.backoff_limit:
+        elif code in run.pod.ignore_exit_codes:
+            run.ignored += 1
+            log.warning("%s: %s, a clean stop; podFailurePolicy Ignore: a new pod, not counted against backoffLimit",
+                        run.pod.name, why)
+            self._start(run)
+            return
+        elif run.attempts - run.ignored > run.pod.backoff_limit:
             self._finish(run, "failed", f"{why}: backoffLimit {run.pod.backoff_limit} reached")
         else:
             log.warning("%s: %s; restarting it (attempt %d of %d), as the Job controller would", run.pod.name, why,
-                        run.attempts + 1, run.pod.backoff_limit + 1)
+                        run.attempts - run.ignored + 1, run.pod.backoff_limit + 1)
             self._start(run)
             return
         log.error("%s failed: %s; its log: %s", run.pod.name, run.reason, run.log_path)

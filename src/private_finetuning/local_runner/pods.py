@@ -71,6 +71,7 @@ class Pod:
     readiness: tuple[str, int] | None = None  # httpGet path and port of the readiness probe
     backoff_limit: int = 0
     fail_job_exit_codes: frozenset[int] = frozenset()
+    ignore_exit_codes: frozenset[int] = frozenset()  # podFailurePolicy Ignore: a new pod, not counted
     deadline_s: float | None = None
     grace_s: float = DEFAULT_GRACE_S
 
@@ -148,13 +149,13 @@ def _job_policy(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] != "Job":
         return {}
     spec = obj["spec"]
-    fail_codes: set[int] = set()
+    codes_by_action: dict[str, set[int]] = {"FailJob": set(), "Ignore": set()}
     for rule in spec.get("podFailurePolicy", {}).get("rules", []):
         codes = rule.get("onExitCodes")
-        if rule.get("action") == "FailJob" and codes and codes.get("operator") == "In":
-            fail_codes.update(codes["values"])
-    return {"backoff_limit": spec.get("backoffLimit", 6), "fail_job_exit_codes": frozenset(fail_codes),
-            "deadline_s": spec.get("activeDeadlineSeconds")}
+        if rule.get("action") in codes_by_action and codes and codes.get("operator") == "In":
+            codes_by_action[rule["action"]].update(codes["values"])
+    return {"backoff_limit": spec.get("backoffLimit", 6), "fail_job_exit_codes": frozenset(codes_by_action["FailJob"]),
+            "ignore_exit_codes": frozenset(codes_by_action["Ignore"]), "deadline_s": spec.get("activeDeadlineSeconds")}
 
 
 def translate(obj: dict[str, Any], *, repo: Path, state: Path, config_maps: dict[str, dict[str, str]],

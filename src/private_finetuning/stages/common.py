@@ -20,7 +20,7 @@ from typing import Any
 from private_finetuning import __version__
 from private_finetuning.artifacts import Artifact, ArtifactWriter, current_version, verify, wait_for_artifact
 from private_finetuning.config import PipelineConfig, load_config
-from private_finetuning.errors import EXIT_FAILURE, EXIT_OK, ArtifactError, PipelineError
+from private_finetuning.errors import EXIT_FAILURE, EXIT_OK, ArtifactError, Interrupted, PipelineError
 from private_finetuning.progress import format_duration, setup_logging
 
 
@@ -32,9 +32,24 @@ class StageContext:
     log: logging.Logger
 
 
-def _terminate(signum: int, _frame: Any) -> None:
-    # Kubernetes stops a pod with SIGTERM; unwinding lets staging folders be cleaned on the way out.
-    raise SystemExit(128 + signum)
+class Termination:
+    """SIGTERM, as Kubernetes sends it before SIGKILL (eviction, drain, deletion).
+
+    By default it raises :class:`Interrupted` wherever the stage is: unwinding removes staging
+    folders, so nothing partial is published. A stage with progress to keep (training) defers it
+    instead and checks ``requested`` at its safe points, then saves and raises itself.
+    """
+
+    deferred = False
+    requested = False
+
+    @classmethod
+    def handle(cls, signum: int, _frame: Any) -> None:
+        if cls.deferred:
+            cls.requested = True  # acted on at the next safe point; nothing else is safe in a handler
+            return
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} before finishing; nothing partial was "
+                          "published")
 
 
 def run_stage(name: str, description: str, body: Callable[[StageContext], None],
@@ -49,7 +64,8 @@ def run_stage(name: str, description: str, body: Callable[[StageContext], None],
         add_arguments(parser)
     args = parser.parse_args(argv)
     log = setup_logging(name)
-    signal.signal(signal.SIGTERM, _terminate)
+    Termination.deferred = Termination.requested = False
+    signal.signal(signal.SIGTERM, Termination.handle)
     start = time.monotonic()
     log.info("starting %s (private-fine-tuning %s, python %s)", name, __version__, sys.version.split()[0])
     try:

@@ -26,13 +26,20 @@ from private_finetuning.chat import Encoded, encode_for_training, encode_prompt,
 from private_finetuning.config import TrainingConfig
 from private_finetuning.data import jsonl
 from private_finetuning.distributed import Distributed, init_distributed
-from private_finetuning.errors import InputDataError, PipelineError, SourceError
+from private_finetuning.errors import InputDataError, Interrupted, PipelineError, SourceError
 from private_finetuning.evaluation_metrics import answer_nll
 from private_finetuning.hf_io import load_published_model
 from private_finetuning.lora import apply_lora, trainable_parameters
 from private_finetuning.progress import Progress as ProgressLog
 from private_finetuning.runtime import Runtime, select_runtime
-from private_finetuning.stages.common import StageContext, already_published, fingerprint, run_stage, wait_for_output
+from private_finetuning.stages.common import (
+    StageContext,
+    Termination,
+    already_published,
+    fingerprint,
+    run_stage,
+    wait_for_output,
+)
 from private_finetuning.status_server import StageStatus, StatusServer
 from private_finetuning.tensorboard_logging import add_token_projector, open_writer, run_dir
 
@@ -216,13 +223,16 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
         log.info("resuming from the checkpoint at step %d of %d (epoch %d)", state.step, total_steps, state.epoch + 1)
     state = state or checkpoints.Progress()
     tb_dir = run_dir(out, run_id)
-    writer = open_writer(tb_dir, purge_step=state.step) if dist.is_main else NullWriter()
+    # Events after the checkpoint's step were logged by a pod that died before saving again: drop them.
+    writer = open_writer(tb_dir, purge_step=state.step + 1 if state.step else None) if dist.is_main else NullWriter()
     writer.add_text("config/training", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", 0)
 
     status.update(phase="training", detail=runtime.description, total_steps=total_steps, step=state.step)
     meter = ProgressLog(log, "step", total_steps - state.step, unit="steps", every_s=cfg.log_every_s)
     model.train()
     start, tokens_this_run = time.monotonic(), 0
+    steps_at_start = state.step
+    Termination.deferred = True  # a SIGTERM now saves a checkpoint at the end of the step (below)
     while state.step < total_steps:
         epoch_batches = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
         if state.step_in_epoch == 0 and dist.is_main:
@@ -268,14 +278,29 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
                 eval_loss = evaluate_loss(model, runtime, eval_set, pad_id, cfg.batch_size)
                 writer.add_scalar("eval/loss", eval_loss, state.step)
                 log.info("step %d: eval loss %.4f", state.step, eval_loss)
-            if state.step < total_steps and state.step % cfg.checkpoint_every_steps == 0 and dist.is_main:
+            stopping = dist.sum(float(Termination.requested)) > 0  # every rank stops at the same step
+            due = state.step < total_steps and state.step % cfg.checkpoint_every_steps == 0
+            if (due or stopping) and dist.is_main:
+                writer.flush()  # the curve up to the checkpoint survives the pod; a resume purges what follows
                 checkpoints.save(ckpt_dir, stage=STAGE, run_id=run_id, model=model, optimizer=optimizer,
                                  scheduler=scheduler, progress=state)
+            if stopping:
+                raise Interrupted(f"SIGTERM at step {state.step} of {total_steps}: checkpoint saved; the next pod "
+                                  "resumes from it")
             if state.step >= total_steps:
                 break
         else:
             state.epoch += 1
             state.step_in_epoch = 0
+    if state.step > steps_at_start and dist.is_main:
+        # What follows (eval loss, samples, publishing) is not resumable: a SIGTERM from here on stops at once,
+        # and the next pod starts from this last step instead of repeating the steps since the last checkpoint.
+        checkpoints.save(ckpt_dir, stage=STAGE, run_id=run_id, model=model, optimizer=optimizer,
+                         scheduler=scheduler, progress=state)
+    Termination.deferred = False
+    if Termination.requested:
+        raise Interrupted(f"SIGTERM after the last step ({state.step}): checkpoint saved; the next pod resumes "
+                          "from it")
 
     elapsed = time.monotonic() - start
     if not dist.is_main:  # rank 0 evaluates and publishes; the others are done
