@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import publish_inputs, train_argv, write_config
+from private_finetuning import promotion
 from private_finetuning.artifacts import ArtifactWriter, open_artifact
 from private_finetuning.chat import IGNORE_INDEX, Encoded
 from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INPUT_TIMEOUT
@@ -137,15 +140,60 @@ def test_failed_gate_exits_non_zero_with_the_reason(tmp_path: Path, volumes: dic
     code = run_evaluation(tmp_path, volumes, evaluation={"gates": {"min_fact_accuracy_gain": 0.5,
                                                                    "max_forgetting_kl": 1e9}})
     assert code == EXIT_GATE_FAILED
-    assert "evaluation gate failed, do not promote this adapter: min_fact_accuracy_gain" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not promoted (nothing is promoted yet): min_fact_accuracy_gain" in err
     report = json.loads(open_artifact(tmp_path / "fine-tuned-model", "evaluation", "evaluation-report")
                         .file("report.json").read_text())
     assert [g["passed"] for g in report["gates"]] == [False, True]  # published, so people can read why
+    assert promotion.current(tmp_path / "fine-tuned-model") is None
 
 
-def test_passing_gates_exit_zero(tmp_path: Path, volumes: dict[str, Path]) -> None:
-    gates = {"min_fact_accuracy_gain": -1.0, "max_forgetting_kl": 1e9, "max_general_perplexity_increase": 1e9}
-    assert run_evaluation(tmp_path, volumes, evaluation={"gates": gates}) == 0
+PASS = {"min_fact_accuracy_gain": -1.0, "max_forgetting_kl": 1e9, "max_general_perplexity_increase": 1e9}
+FAIL = {"min_fact_accuracy_gain": 0.5}
+
+
+def test_passing_gates_promote_exactly_the_evaluated_adapter(tmp_path: Path, volumes: dict[str, Path]) -> None:
+    assert run_evaluation(tmp_path, volumes, evaluation={"gates": PASS}) == 0
+    out = tmp_path / "fine-tuned-model"
+    promoted = promotion.current(out)
+    adapter = open_artifact(out, "adapter", "lora-adapter")
+    assert promoted is not None and promoted.adapter_digest == adapter.manifest.digest
+    assert promoted.adapter_version == adapter.path.name and promoted.promoted_by == "model-evaluation-server"
+    assert promoted.report_digest == open_artifact(out, "evaluation", "evaluation-report").manifest.digest
+    assert promoted.base_model_digest == open_artifact(volumes["base-model"], "model", "base-model").manifest.digest
+
+
+def test_a_failing_gate_keeps_the_previous_promotion_and_rollback_brings_it_back(
+        tmp_path: Path, volumes: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "fine-tuned-model"
+    assert run_evaluation(tmp_path, volumes, evaluation={"gates": PASS}) == 0
+    first = promotion.current(out)
+    assert first is not None
+    retrain = write_config(tmp_path / "retrain.yaml", {"training": {
+        "max_steps": 3, "batch_size": 4, "sample_generations": 0, "projector_tokens": 0, "seed": 99,
+        "lora": {"r": 4, "alpha": 8}}})
+    assert peft_training.main(train_argv(retrain, {**volumes, "fine-tuned-model": out})) == 0
+    second = open_artifact(out, "adapter", "lora-adapter").manifest.digest
+    assert second != first.adapter_digest
+
+    capsys.readouterr()
+    assert run_evaluation(tmp_path, volumes, fine_tuned=out, evaluation={"gates": FAIL}) == EXIT_GATE_FAILED
+    assert f"adapter {first.adapter_digest[:12]} stays promoted" in capsys.readouterr().err
+    assert promotion.current(out) == first
+
+    assert run_evaluation(tmp_path, volumes, fine_tuned=out, evaluation={"gates": PASS}) == 0
+    assert promotion.current(out).adapter_digest == second
+    assert pft("rollback", "--fine-tuned", str(out)).returncode == 0
+    back = promotion.current(out)
+    assert back.adapter_digest == first.adapter_digest and back.promoted_by == "pft rollback"
+    assert (out / "adapter" / first.adapter_version).is_dir()  # kept from pruning by its link
+    listing = pft("promotions", "--fine-tuned", str(out)).stdout.splitlines()
+    assert len(listing) == 3 and listing[0].startswith("* ") and "pft rollback" in listing[0]
+
+
+def pft(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "private_finetuning.cli", *args], capture_output=True, text=True,
+                          timeout=120, check=False)
 
 
 def test_missing_artifacts_time_out_naming_them(tmp_path: Path, volumes: dict[str, Path],

@@ -19,6 +19,8 @@ import pytest
 import schemathesis
 
 from conftest import REPO, publish_inputs, train_argv, write_config
+from private_finetuning import promotion
+from private_finetuning.artifacts import open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
 from private_finetuning.serving.app import create_app
 from private_finetuning.serving.engine import Engine
@@ -30,9 +32,14 @@ SERVING = {"max_new_tokens": 12, "max_new_tokens_limit": 32, "max_prompt_chars":
            "adapter_poll_interval_s": 0.2, "batch_window_ms": 50}
 
 
-def train_adapter(root: Path, volumes: dict[str, Path], seed: int) -> None:
+def train_adapter(root: Path, volumes: dict[str, Path], seed: int, promote: bool = True) -> str:
+    """Train an adapter and (unless told not to) promote it, as `pft promote` does; its digest."""
     config = write_config(root / f"train-{seed}.yaml", {"training": {**TRAIN, "seed": seed}})
     assert peft_training.main(train_argv(config, volumes)) == 0
+    adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
+    if promote:
+        promotion.promote(volumes["fine-tuned-model"], adapter, report_digest=None, by="test", reason="test")
+    return adapter.manifest.digest
 
 
 def serving_config(**overrides: object) -> PipelineConfig:
@@ -276,36 +283,36 @@ def test_openapi_describes_the_api(client) -> None:
 
 # --- adapter hot swap ----------------------------------------------------------------------------------------
 
-def test_new_adapter_is_swapped_in_and_a_broken_one_refused(tmp_path: Path, tiny_model_dir: Path,
-                                                            started) -> None:
-    from private_finetuning.artifacts import current_version
-
+def test_only_a_promoted_adapter_is_swapped_in_and_a_broken_one_refused(tmp_path: Path, tiny_model_dir: Path,
+                                                                         started) -> None:
     volumes = publish_inputs(tmp_path, tiny_model_dir)
-    train_adapter(tmp_path, volumes, seed=1)
+    first = train_adapter(tmp_path, volumes, seed=1)
     engine = started(volumes, serving_config())
     client = create_app(engine, engine.config).test_client()
-    first = engine.loaded.adapter_digest
+    assert engine.loaded.adapter_digest == first
 
-    train_adapter(tmp_path, volumes, seed=2)
-    second = current_version(volumes["fine-tuned-model"], "adapter").digest
+    second = train_adapter(tmp_path, volumes, seed=2, promote=False)  # published, never evaluated
     assert second != first
+    time.sleep(1.0)  # several poll intervals
+    assert engine.loaded.adapter_digest == first  # what was not approved is not served
+
+    promotion.promote(volumes["fine-tuned-model"], open_artifact(volumes["fine-tuned-model"], "adapter",
+                                                                 "lora-adapter"), report_digest=None, by="test",
+                      reason="test")
     assert client.post("/prompt", json={"input_prompt": "hi"}).status_code == 200  # serving through the swap
     wait_until(lambda: engine.loaded.adapter_digest == second)
     assert client.get("/ready").get_json()["adapter_digest"] == second
 
-    # A third adapter appears already corrupt (bit rot, a bad copy): trained on a side volume, copied in,
-    # damaged, and only then made current in one atomic rename, so the watcher never sees it intact.
-    side = {**volumes, "fine-tuned-model": tmp_path / "side"}
-    train_adapter(tmp_path, side, seed=3)
-    third = (side["fine-tuned-model"] / "adapter" / "current").resolve()
-    adapters = volumes["fine-tuned-model"] / "adapter"
-    shutil.copytree(third, adapters / third.name)
-    (adapters / third.name / "adapter_model.safetensors").write_bytes(b"corrupt")
-    (adapters / ".current-test").symlink_to(third.name)
-    (adapters / ".current-test").replace(adapters / "current")
-    time.sleep(1.0)  # several poll intervals
-    assert engine.loaded.adapter_digest == second
+    # A third adapter was verified and approved, and rotted on the volume before the watcher loads it.
+    third = train_adapter(tmp_path, volumes, seed=3, promote=False)
+    adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
+    (adapter.path / "adapter_model.safetensors").write_bytes(b"corrupt")
+    promotion.promote(volumes["fine-tuned-model"], adapter, report_digest=None, by="test", reason="test")
+    wait_until(lambda: (third, engine.loaded.base_digest) in engine.refused)
+    assert engine.loaded.adapter_digest == second  # the old pair keeps serving
     assert client.post("/prompt", json={"input_prompt": "hi"}).status_code == 200
+    why = engine.refused[(third, engine.loaded.base_digest)]
+    assert "adapter_model.safetensors: size 7 != " in why and str(tmp_path) not in why
 
 
 # --- the real thing: the stage under gunicorn -------------------------------------------------------------------
@@ -398,3 +405,73 @@ def test_api_conforms_to_its_openapi_description(engine: Engine) -> None:
         run()
         checked += 1
     assert checked == 6  # /prompt, /v1/chat/completions, /v1/models, /health, /ready, /metrics
+
+
+# --- promotion, recovery and the base a model was trained on ------------------------------------------
+
+def test_a_refused_first_adapter_is_not_retried_and_a_good_promotion_recovers(
+        tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture) -> None:
+    volumes = publish_inputs(tmp_path, tiny_model_dir)
+    broken = train_adapter(tmp_path, volumes, seed=1, promote=False)
+    adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
+    (adapter.path / "adapter_config.json").write_text("{}")
+    promotion.promote(volumes["fine-tuned-model"], adapter, report_digest=None, by="test", reason="test")
+    engine = make_engine(volumes, serving_config()).start()
+    try:
+        client = create_app(engine, engine.config).test_client()
+        wait_until(lambda: engine.refused)
+        time.sleep(1.0)  # several poll intervals: the refused adapter is not loaded again and again
+        assert capfd.readouterr().err.count(f"promoted adapter {broken[:12]} refused") == 1
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        message = ready.get_json()["error"]["message"]
+        assert f"promoted adapter {broken[:12]} refused" in message and str(tmp_path) not in message
+
+        good = train_adapter(tmp_path, volumes, seed=2)
+        wait_until(lambda: engine.ready)  # no restart needed
+        assert client.get("/ready").get_json()["adapter_digest"] == good
+    finally:
+        engine.stop()
+
+
+def other_base(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """The same architecture and tokenizer with other weights: a re-published base model."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, out)
+    model = LlamaForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def test_a_new_base_is_never_mixed_with_an_adapter_trained_on_another(tmp_path: Path, tiny_model_dir: Path,
+                                                                       started) -> None:
+    from private_finetuning.stages import model_relocation
+
+    volumes = publish_inputs(tmp_path, tiny_model_dir)
+    first = train_adapter(tmp_path, volumes, seed=1)
+    engine = started(volumes, serving_config())
+    base1 = engine.loaded.base_digest
+
+    config = write_config(tmp_path / "base2.yaml", {"model": {"source": {"type": "hf-folder",
+                                                                         "path": str(other_base(tmp_path,
+                                                                                                tiny_model_dir))}}})
+    assert model_relocation.main(["--config", str(config), "--output", str(volumes["base-model"])]) == 0
+    base2 = open_artifact(volumes["base-model"], "model", "base-model").manifest.digest
+    assert base2 != base1
+    time.sleep(1.0)
+    assert (engine.loaded.adapter_digest, engine.loaded.base_digest) == (first, base1)  # the pair in memory
+
+    second = train_adapter(tmp_path, volumes, seed=2)  # trained on the new base, and promoted
+    wait_until(lambda: engine.loaded.adapter_digest == second)
+    assert engine.loaded.base_digest == base2
+
+    promotion.rollback(volumes["fine-tuned-model"], by="test")  # the first adapter again: its base is gone
+    wait_until(lambda: (first, base1) in engine.refused)
+    assert "trained on base model" in engine.refused[(first, base1)]
+    assert (engine.loaded.adapter_digest, engine.loaded.base_digest) == (second, base2)

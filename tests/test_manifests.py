@@ -67,8 +67,30 @@ def workloads(rendered: list[dict]) -> list[dict]:
 
 
 def test_every_pod_is_hardened_labelled_and_bounded(rendered: list[dict]) -> None:
-    for obj, template in ((o, t) for o in workloads(rendered) for t in pod_templates(o)):
-        where = f"{obj['kind']}/{obj['metadata']['name']}"
+    for obj in workloads(rendered):
+        assert_hardened(obj)
+
+
+def test_operations_jobs_validate_are_hardened_and_run_a_pft_command() -> None:
+    import kubernetes_validate
+
+    from private_finetuning.cli import main
+
+    for path in sorted((REPO / "k8s" / "operations").glob("*.yaml")):
+        job = yaml.safe_load(path.read_text())
+        kubernetes_validate.validate({**job, "metadata": {**job["metadata"], "name": "x"}}, K8S_VERSION, strict=True)
+        assert_hardened(job)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert (REPO / "components" / container["image"]).is_dir()
+        assert container["command"] == ["pft"]
+        with pytest.raises(SystemExit) as helped:
+            main([container["args"][0], "--help"])
+        assert helped.value.code == 0
+
+
+def assert_hardened(obj: dict) -> None:
+    for template in pod_templates(obj):
+        where = f"{obj['kind']}/{obj['metadata'].get('name') or obj['metadata']['generateName']}"
         labels = template["metadata"]["labels"]
         for key in ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of",
                     "app.kubernetes.io/version"):

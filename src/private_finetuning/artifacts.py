@@ -219,7 +219,7 @@ class ArtifactWriter:
             if current is not None and current.digest == digest:
                 log.info("%s/%s: identical content already published (%s); nothing to do",
                          self.volume, self.artifact, digest[:12])
-                self.published = Artifact(root / CURRENT, current)
+                self.published = Artifact((root / CURRENT).resolve(), current)
                 return self.published
             manifest = self._write_manifest(name, source, metadata, files, digest)
             version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:12]}"
@@ -234,7 +234,7 @@ class ArtifactWriter:
             self._prune(root)
         log.info("published %s %r to %s (%d files, %s, digest %s)", self.kind, name, root / version,
                  len(files), human_size(sum(f.size for f in files)), digest[:12])
-        self.published = Artifact(root / CURRENT, manifest)
+        self.published = Artifact(root / version, manifest)  # these very bytes, whatever `current` becomes
         return self.published
 
     def _write_manifest(self, name: str, source: dict[str, Any], metadata: dict[str, Any] | None,
@@ -259,6 +259,19 @@ class ArtifactWriter:
                        key=lambda p: p.name, reverse=True)
         for old in older[self.keep_versions:]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def hold_reference(volume: Path, artifact: str, reference: str, version: str, *, missing_ok: bool = False) -> None:
+    """Point ``artifact/reference`` at an existing version, under the artifact's commit lock, so that no
+    concurrent publish prunes the version between the check and the link (pruning keeps linked versions)."""
+    root = Path(volume) / artifact
+    (Path(volume) / STAGING).mkdir(parents=True, exist_ok=True)
+    with _flock(Path(volume) / STAGING / f"{artifact}.commit.lock"):
+        if not (root / version).is_dir() or (root / version).is_symlink():
+            if missing_ok:
+                return
+            raise ArtifactError(f"{root / version}: no such version of {artifact}")
+        point(root, reference, version)
 
 
 def point(root: Path, reference: str, version: str) -> None:
@@ -360,6 +373,28 @@ def wait_for_artifact(volume: Path, artifact: str, expect_kind: str, *, producer
     return open_artifact(volume, artifact, expect_kind)
 
 
+
+
+@dataclass(frozen=True)
+class Output:
+    """One stage output of the pipeline: its folder on the volume, its manifest kind, who publishes it.
+
+    The contract owns these names: consumers (training, evaluation, serving) learn them here, never
+    by importing another stage's module.
+    """
+
+    artifact: str
+    kind: str
+    producer: str
+
+
+DATASET = Output("dataset", "dataset", "dataset-relocation-server")
+BASE_MODEL = Output("model", "base-model", "model-relocation-server")
+BASE_TOKENIZER = Output("tokenizer", "base-tokenizer", "tokenizer-relocation-server")
+REFERENCE_MODEL = Output("model", "reference-model", "model-reference-relocation-server")
+ADAPTER = Output("adapter", "lora-adapter", "model-peft-server")
+EVALUATION = Output("evaluation", "evaluation-report", "model-evaluation-server")
+PROMOTION = Output("promotion", "promotion", "model-evaluation-server")
 
 
 def human_size(size: float) -> str:

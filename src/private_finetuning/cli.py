@@ -43,6 +43,43 @@ def _cmd_kubeflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from private_finetuning import promotion
+    from private_finetuning.artifacts import ADAPTER, Artifact, open_artifact, verify
+
+    volume = args.fine_tuned
+    if args.version:
+        path = volume / ADAPTER.artifact / args.version
+        if not path.is_dir():
+            raise PipelineError(f"{path}: no such adapter version")
+        adapter = Artifact(path, verify(path, ADAPTER.kind))
+    else:
+        adapter = open_artifact(volume, ADAPTER.artifact, ADAPTER.kind)
+    done = promotion.promote(volume, adapter, report_digest=promotion.report_for(volume, adapter.manifest),
+                             by="pft promote", reason=args.reason)
+    print(f"promoted adapter {done.adapter_digest[:12]} (version {done.adapter_version})")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from private_finetuning import promotion
+
+    done = promotion.rollback(args.fine_tuned, by="pft rollback")
+    print(f"promoted adapter {done.adapter_digest[:12]} (version {done.adapter_version}) again: {done.reason}")
+    return 0
+
+
+def _cmd_promotions(args: argparse.Namespace) -> int:
+    from private_finetuning import promotion
+
+    now = promotion.current(args.fine_tuned)
+    for item in promotion.history(args.fine_tuned):
+        mark = "*" if now is not None and item == now else " "
+        print(f"{mark} {item.promoted_at}  adapter {item.adapter_digest[:12]}  version {item.adapter_version}  "
+              f"by {item.promoted_by}: {item.reason}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     load_config(args.config)
     print(f"{args.config}: valid")
@@ -85,6 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     kubeflow.add_argument("output", type=Path)
     kubeflow.add_argument("--overlay", type=Path, help="kustomize overlay to take the Jobs from (default: cpu)")
     kubeflow.set_defaults(func=_cmd_kubeflow)
+    volume_help = "the fine-tuned-model volume (locally .pft/volumes/fine-tuned-model; in a pod /mnt/fine-tuned-model)"
+    promote = sub.add_parser("promote", help="serve an adapter version (default: the newest published) without "
+                                             "waiting for evaluation")
+    promote.add_argument("--fine-tuned", type=Path, default=Path(".pft/volumes/fine-tuned-model"), help=volume_help)
+    promote.add_argument("--version", help="the version folder under adapter/ (default: adapter/current)")
+    promote.add_argument("--reason", default="promoted by hand", help="recorded with the promotion")
+    promote.set_defaults(func=_cmd_promote)
+    rollback = sub.add_parser("rollback", help="serve again the adapter promoted before the current one")
+    rollback.add_argument("--fine-tuned", type=Path, default=Path(".pft/volumes/fine-tuned-model"), help=volume_help)
+    rollback.set_defaults(func=_cmd_rollback)
+    promotions = sub.add_parser("promotions", help="list the promotions recorded on the volume, newest first")
+    promotions.add_argument("--fine-tuned", type=Path, default=Path(".pft/volumes/fine-tuned-model"), help=volume_help)
+    promotions.set_defaults(func=_cmd_promotions)
     validate = sub.add_parser("validate-config", help="check a pipeline YAML and name any bad key")
     validate.add_argument("config", type=Path)
     validate.set_defaults(func=_cmd_validate)

@@ -34,6 +34,15 @@ class ApiError(Exception):
         self.status, self.message, self.field, self.headers = status, message, field, headers or {}
 
 
+def served(engine: Engine) -> dict[str, Any]:
+    """Which adapter version is served, on which base, approved by which evaluation report."""
+    loaded = engine.loaded
+    assert loaded is not None
+    return {"adapter": loaded.adapter_name, "adapter_digest": loaded.adapter_digest,
+            "adapter_version": loaded.adapter_version, "base_model_digest": loaded.base_digest,
+            "evaluation_report_digest": loaded.report_digest}
+
+
 def _error_body(status: int, message: str, field: str | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"message": message, "status": status}
     if field:
@@ -45,7 +54,8 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
     serving = config.serving
     app = Flask("model-inference-server")
     app.config["MAX_CONTENT_LENGTH"] = serving.max_body_bytes
-    metrics = Metrics(queue_depth=engine.queue.qsize, generated_tokens=lambda: engine.generated_tokens)
+    metrics = Metrics(queue_depth=engine.queue.qsize, generated_tokens=lambda: engine.generated_tokens,
+                      served=lambda: served(engine) if engine.loaded else None)
 
     @app.before_request
     def _start_timer() -> None:
@@ -91,7 +101,7 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
         if not engine.ready:
             raise ApiError(503, f"model not loaded yet: {engine.status}", headers={"Retry-After": "5"})
         assert engine.loaded is not None
-        return jsonify(status="ready", adapter=engine.loaded.adapter_name, adapter_digest=engine.loaded.adapter_digest)
+        return jsonify(status="ready", **served(engine))
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -125,8 +135,10 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
 
     @app.get("/v1/models")
     def models() -> Response:
-        return jsonify(object="list", data=[{"id": serving.model_name, "object": "model", "created": 0,
-                                             "owned_by": "private-fine-tuning"}])
+        loaded = engine.loaded
+        model = {"id": serving.model_name, "object": "model", "created": int(loaded.loaded_at) if loaded else 0,
+                 "owned_by": "private-fine-tuning"}
+        return jsonify(object="list", data=[{**model, **served(engine)} if loaded else model])
 
     @app.post("/v1/chat/completions")
     def chat_completions() -> Response:

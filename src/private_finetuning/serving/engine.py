@@ -6,29 +6,31 @@ token). Requests are queued; a single worker takes up to ``max_batch_size`` of t
 throughput under concurrency comes from. A full queue refuses work instead of piling it up.
 Streaming requests get their tokens as they are generated, from inside the batch.
 
-A watcher polls the fine-tuned-model volume: when a new adapter is published it is loaded and
-verified next to the current one, and swapped in between two batches; a broken one is refused and
-the current model keeps serving.
+Only a promoted adapter is served (``promotion.py``): a watcher follows the promotion record, loads
+the promoted version on the base model it was trained on (never another), verifies both, and swaps
+them in between two batches. A refused adapter is remembered and not tried again until something
+else is promoted; a failure that may pass (an I/O error) is retried with backoff; until a first
+model is loaded ``/ready`` says why, in words without volume paths.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from private_finetuning.artifacts import Artifact, current_version, open_artifact
+from private_finetuning import promotion
+from private_finetuning.artifacts import BASE_MODEL, BASE_TOKENIZER, Artifact, current_version, open_artifact
 from private_finetuning.chat import encode_prompt, with_system
 from private_finetuning.config import PipelineConfig
-from private_finetuning.errors import PipelineError
+from private_finetuning.errors import ArtifactError
 from private_finetuning.hf_io import load_published_model
 from private_finetuning.runtime import Runtime, select_runtime
-from private_finetuning.stages import peft_training
-from private_finetuning.stages.common import wait_for_output
 
 log = logging.getLogger("model-inference-server")
 
@@ -48,6 +50,9 @@ class LoadedModel:
     eos_token_ids: list[int]
     adapter_digest: str
     adapter_name: str
+    adapter_version: str = ""
+    base_digest: str = ""
+    report_digest: str | None = None
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -113,6 +118,7 @@ class Engine:
         self.status = "starting"
         self.generated_tokens = 0
         self.largest_batch = 0
+        self.refused: dict[tuple[str, str], str] = {}  # (adapter digest, base digest) -> why, not retried
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -133,25 +139,71 @@ class Engine:
         return self.loaded is not None
 
     def _load_then_watch(self) -> None:
-        from private_finetuning.stages import model_relocation, tokenizer_relocation
+        """Follow the promotion for as long as the server runs; a first failure is never the last word."""
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                self._follow_promotion()
+                backoff = 1.0
+            except Exception as exc:  # an I/O error, say: worth another try, later and later
+                self.status = f"not ready: loading failed ({self._public(exc)}); retrying in {backoff:.0f}s"
+                log.warning("loading the promoted model failed, retrying in %.0fs: %s", backoff, exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            self._stop.wait(self.serving.adapter_poll_interval_s if self.loaded else min(2.0, backoff))
 
-        config, forever = self.config, float("inf")  # a server waits as long as it takes
-        try:
-            self.status = "waiting for the base model, base tokenizer and a published adapter"
-            base = wait_for_output(config, self.base_model, model_relocation, timeout_s=forever)
-            tokenizer = wait_for_output(config, self.base_tokenizer, tokenizer_relocation, timeout_s=forever)
-            adapter = wait_for_output(config, self.fine_tuned, peft_training, timeout_s=forever)
-            self.status = "loading the model"
-            self.loaded = self._load(base, tokenizer, adapter)
-            self.status = "ready"
-        except Exception as exc:  # the server stays up and says why it is not ready
-            self.status = f"not ready: {exc}"
-            log.error("cannot load the model: %s", exc)
+    def _follow_promotion(self) -> None:
+        promoted = promotion.current(self.fine_tuned)
+        if promoted is None:
+            self.status = "waiting for an adapter that evaluation has promoted"
             return
-        while not self._stop.wait(self.serving.adapter_poll_interval_s):
-            self._swap_if_new(base, tokenizer)
+        loaded = self.loaded
+        if loaded is not None and loaded.adapter_digest == promoted.adapter_digest:
+            return
+        key = (promoted.adapter_digest, promoted.base_model_digest)
+        if key in self.refused:
+            return  # refused before: wait for another promotion instead of reloading it every poll
+        base_manifest = current_version(self.base_model, BASE_MODEL.artifact)
+        if base_manifest is None or current_version(self.base_tokenizer, BASE_TOKENIZER.artifact) is None:
+            self.status = "waiting for the base model and base tokenizer"
+            return
+        try:
+            self._check_pair(promoted, base_manifest.digest)
+            adapter = promotion.adapter_of(self.fine_tuned, promoted)
+            base = open_artifact(self.base_model, BASE_MODEL.artifact, BASE_MODEL.kind)
+            tokenizer = open_artifact(self.base_tokenizer, BASE_TOKENIZER.artifact, BASE_TOKENIZER.kind)
+            self._check_pair(promoted, base.manifest.digest)  # the base may have changed since the first look
+            self.status = "loading the model"
+            fresh = self._load(base, tokenizer, adapter, promoted)
+        except ArtifactError as exc:
+            self.refused[key] = self._public(exc)
+            still = f"still serving {loaded.adapter_digest[:12]}" if loaded else "nothing else to serve"
+            log.error("promoted adapter %s refused (%s): %s", promoted.adapter_digest[:12], still, exc)
+            if loaded is None:
+                self.status = f"not ready: promoted adapter {promoted.adapter_digest[:12]} refused: {self.refused[key]}"
+            return
+        self.loaded = fresh  # one reference assignment: the worker picks it up at its next batch
+        self.status = "ready"
+        log.info("now serving adapter %s (version %s, promoted by %s)", fresh.adapter_digest[:12],
+                 fresh.adapter_version, promoted.promoted_by)
 
-    def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact) -> LoadedModel:
+    @staticmethod
+    def _check_pair(promoted: promotion.Promotion, base_digest: str) -> None:
+        if promoted.base_model_digest != base_digest:
+            raise ArtifactError(f"it was trained on base model {promoted.base_model_digest[:12]}, but the published "
+                                f"base model is {base_digest[:12]}; an adapter is never merged into another base")
+
+    def _public(self, exc: Exception) -> str:
+        """An error for /ready: the volumes named by what they are, not by where they are mounted."""
+        text = str(exc)
+        for path, name in ((self.fine_tuned, "fine-tuned-model"), (self.base_model, "base-model"),
+                           (self.base_tokenizer, "base-tokenizer")):
+            text = text.replace(str(path.resolve()), name).replace(str(path), name)
+        return re.sub(r"(?<![\w.-])/[^\s:,;]+", lambda m: Path(m.group(0)).name, text)
+
+    def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
+              promoted: promotion.Promotion) -> LoadedModel:
         from transformers import AutoTokenizer
 
         start = time.monotonic()
@@ -160,25 +212,9 @@ class Engine:
         eos = tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
         log.info("loaded %s + adapter %s (%s) on %s in %.1fs", base.manifest.name, adapter.manifest.name,
                  adapter.manifest.digest[:12], self.runtime.description, time.monotonic() - start)
-        return LoadedModel(model, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name)
-
-    def _swap_if_new(self, base: Artifact, tokenizer: Artifact) -> None:
-        try:
-            manifest = current_version(self.fine_tuned, peft_training.ARTIFACT)
-        except PipelineError as exc:
-            log.warning("cannot read the published adapter: %s", exc)
-            return
-        if manifest is None or self.loaded is None or manifest.digest == self.loaded.adapter_digest:
-            return
-        log.info("a new adapter was published (%s); loading it beside the current one", manifest.digest[:12])
-        try:
-            adapter = open_artifact(self.fine_tuned, peft_training.ARTIFACT, peft_training.KIND)
-            fresh = self._load(base, tokenizer, adapter)
-        except Exception as exc:
-            log.error("the new adapter was refused, still serving %s: %s", self.loaded.adapter_digest[:12], exc)
-            return
-        self.loaded = fresh  # one reference assignment: the worker picks it up at its next batch
-        log.info("now serving adapter %s", fresh.adapter_digest[:12])
+        return LoadedModel(model, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
+                           adapter_version=promoted.adapter_version, base_digest=base.manifest.digest,
+                           report_digest=promoted.report_digest)
 
     # --- requests --------------------------------------------------------------------------------
 

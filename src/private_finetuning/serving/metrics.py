@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 
@@ -22,10 +22,27 @@ class _GeneratedTokens:
         yield family
 
 
+class _Served:
+    """pft_served_adapter_info: 1, labelled with the adapter version and the evaluation report served."""
+
+    def __init__(self, read: Callable[[], dict | None]):
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("pft_served_adapter_info", "The promoted adapter being served",
+                                   labels=["adapter_version", "adapter_digest", "evaluation_report_digest"])
+        served = self.read()
+        if served is not None:
+            family.add_metric([served["adapter_version"], served["adapter_digest"],
+                               served["evaluation_report_digest"] or ""], 1)
+        yield family
+
+
 class Metrics:
     """One registry per app, so several apps in one process (the tests) do not collide."""
 
-    def __init__(self, queue_depth: Callable[[], int], generated_tokens: Callable[[], int]):
+    def __init__(self, queue_depth: Callable[[], int], generated_tokens: Callable[[], int],
+                 served: Callable[[], dict | None] = lambda: None):
         self.registry = CollectorRegistry()
         self.requests = Counter("pft_requests_total", "HTTP requests by endpoint and status code",
                                 ["endpoint", "status"], registry=self.registry)
@@ -36,6 +53,7 @@ class Metrics:
         self.registry.register(_GeneratedTokens(generated_tokens))
         Gauge("pft_queue_depth", "Requests waiting for the batching worker",
               registry=self.registry).set_function(queue_depth)
+        self.registry.register(_Served(served))
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

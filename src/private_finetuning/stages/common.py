@@ -14,11 +14,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from private_finetuning import __version__
-from private_finetuning.artifacts import Artifact, ArtifactWriter, current_version, verify, wait_for_artifact
+from private_finetuning.artifacts import (
+    Artifact,
+    ArtifactWriter,
+    Output,
+    current_version,
+    verify,
+    wait_for_artifact,
+)
 from private_finetuning.config import PipelineConfig, load_config
 from private_finetuning.errors import EXIT_FAILURE, EXIT_OK, ArtifactError, Interrupted, PipelineError
 from private_finetuning.progress import format_duration, setup_logging
@@ -121,14 +127,10 @@ def relocate(ctx: StageContext, *, volume: Path, artifact: str, kind: str, fp: s
         return writer.commit(name=name, source={**source, "fingerprint": fp}, metadata=metadata)
 
 
-def wait_for_output(config: PipelineConfig, volume: Path, producer: ModuleType,
-                    timeout_s: float | None = None) -> Artifact:
-    """Wait for, verify and return what the stage module ``producer`` publishes on ``volume``.
-
-    The producer's own ARTIFACT, KIND and STAGE say what to look for, so consumers never re-spell them.
-    """
+def wait_for_output(config: PipelineConfig, volume: Path, output: Output, timeout_s: float | None = None) -> Artifact:
+    """Wait for, verify and return a stage ``output`` (named by the artifact contract) on ``volume``."""
     wait = config.artifacts
-    return wait_for_artifact(volume, producer.ARTIFACT, producer.KIND, producer=producer.STAGE,
+    return wait_for_artifact(volume, output.artifact, output.kind, producer=output.producer,
                              timeout_s=wait.wait_timeout_s if timeout_s is None else timeout_s,
                              poll_s=wait.poll_interval_s)
 

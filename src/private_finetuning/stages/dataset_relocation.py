@@ -12,16 +12,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from private_finetuning.artifacts import sha256_file
+from private_finetuning.artifacts import DATASET, sha256_file
 from private_finetuning.config import DatasetConfig
 from private_finetuning.data import acmehotels
 from private_finetuning.data.formats import detect_format, read_records
 from private_finetuning.errors import InputDataError
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage
 
-STAGE = "dataset-relocation-server"
-ARTIFACT = "dataset"
-KIND = "dataset"
+STAGE, ARTIFACT, KIND = DATASET.producer, DATASET.artifact, DATASET.kind
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl"}
 
 

@@ -18,7 +18,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from private_finetuning.artifacts import Artifact, ArtifactWriter
+from private_finetuning import promotion
+from private_finetuning.artifacts import (
+    ADAPTER,
+    BASE_MODEL,
+    BASE_TOKENIZER,
+    DATASET,
+    EVALUATION,
+    REFERENCE_MODEL,
+    Artifact,
+    ArtifactWriter,
+)
 from private_finetuning.chat import encode_for_training, encode_prompt, with_system
 from private_finetuning.data import jsonl
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
@@ -42,9 +52,7 @@ from private_finetuning.stages.common import (
     wait_for_output,
 )
 
-STAGE = "model-evaluation-server"
-ARTIFACT = "evaluation"
-KIND = "evaluation-report"
+STAGE, ARTIFACT, KIND = EVALUATION.producer, EVALUATION.artifact, EVALUATION.kind
 MODELS = ("base", "fine_tuned", "reference")
 
 
@@ -57,20 +65,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
-    from private_finetuning.stages import (
-        dataset_relocation,
-        model_relocation,
-        peft_training,
-        reference_relocation,
-        tokenizer_relocation,
-    )
-
     a, cfg = ctx.args, ctx.config
-    wanted = [("dataset", a.datasets, dataset_relocation), ("base", a.base_model, model_relocation),
-              ("tokenizer", a.base_tokenizer, tokenizer_relocation), ("adapter", a.fine_tuned, peft_training)]
+    wanted = [("dataset", a.datasets, DATASET), ("base", a.base_model, BASE_MODEL),
+              ("tokenizer", a.base_tokenizer, BASE_TOKENIZER), ("adapter", a.fine_tuned, ADAPTER)]
     if cfg.evaluation.include_reference:
-        wanted.append(("reference", a.reference_model, reference_relocation))
-    return {key: wait_for_output(cfg, volume, producer) for key, volume, producer in wanted}
+        wanted.append(("reference", a.reference_model, REFERENCE_MODEL))
+    return {key: wait_for_output(cfg, volume, output) for key, volume, output in wanted}
 
 
 def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
@@ -222,7 +222,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
+    """The report (published, or already published for the same inputs), its artifact and the adapter judged."""
     cfg = ctx.config.evaluation
     out = ctx.args.fine_tuned
     inputs = wait_for_inputs(ctx)
@@ -230,8 +231,7 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                      ctx.config.prompting.system_prompt)
     existing = already_published(ctx, out, ARTIFACT, KIND, fp)
     if existing is not None:
-        report = json.loads(existing.file("report.json").read_text())
-        return report, report["gates"]
+        return json.loads(existing.file("report.json").read_text()), existing, inputs["adapter"]
 
     start = time.perf_counter()
     runtime = select_runtime("auto", cpu_bf16=False)
@@ -279,7 +279,8 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                  metadata={"fact_accuracy": {k: v["fact_accuracy"] for k, v in metrics.items()},
                            "forgetting_kl": tuned.get("forgetting_kl"),
                            "gates_passed": all(g["passed"] for g in report["gates"])})
-    return report, report["gates"]
+    assert w.published is not None
+    return report, w.published, inputs["adapter"]
 
 
 def write_tensorboard(ctx: StageContext, adapter: Artifact, report: dict[str, Any]) -> None:
@@ -303,16 +304,22 @@ def write_tensorboard(ctx: StageContext, adapter: Artifact, report: dict[str, An
 
 
 def _run(ctx: StageContext) -> None:
-    report, gates = evaluate(ctx)
+    report, published, adapter = evaluate(ctx)
     m = report["metrics"]
     summary = ", ".join(f"{k} {m[k]['fact_accuracy']:.1%}" for k in m if m[k]["fact_accuracy"] is not None)
     ctx.log.info("fact accuracy: %s; report at %s", summary or "n/a",
                  ctx.args.fine_tuned / ARTIFACT / "current" / "report.md")
-    failed = [g for g in gates if not g["passed"]]
+    failed = [g for g in report["gates"] if not g["passed"]]
     if failed:
         reasons = "; ".join(g.get("reason") or f"{g['gate']} = {g['value']} vs threshold {g['threshold']}"
                             for g in failed)
-        raise GateFailed(f"evaluation gate failed, do not promote this adapter: {reasons}")
+        before = promotion.current(ctx.args.fine_tuned)
+        kept = f"adapter {before.adapter_digest[:12]} stays promoted" if before else "nothing is promoted yet"
+        raise GateFailed(f"evaluation gate failed, adapter {adapter.manifest.digest[:12]} is not promoted ({kept}): "
+                         f"{reasons}")
+    gates = ", ".join(g["gate"] for g in report["gates"]) or "none configured"
+    promotion.promote(ctx.args.fine_tuned, adapter, report_digest=published.manifest.digest, by=STAGE,
+                      reason=f"evaluation gates passed ({gates})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

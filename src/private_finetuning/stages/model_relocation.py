@@ -6,13 +6,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from private_finetuning.artifacts import BASE_MODEL
 from private_finetuning.sources import resolve
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage, scratch_dir
 from private_finetuning.stages.relocation import display_name, write_model
 
-STAGE = "model-relocation-server"
-ARTIFACT = "model"
-KIND = "base-model"
+STAGE, ARTIFACT, KIND = BASE_MODEL.producer, BASE_MODEL.artifact, BASE_MODEL.kind
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

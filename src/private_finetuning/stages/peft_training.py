@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning import checkpoints
-from private_finetuning.artifacts import Artifact, ArtifactWriter
+from private_finetuning.artifacts import ADAPTER, BASE_MODEL, BASE_TOKENIZER, DATASET, Artifact, ArtifactWriter
 from private_finetuning.batching import batch_order, collate, padding_fraction
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.config import TrainingConfig
@@ -43,9 +43,7 @@ from private_finetuning.stages.common import (
 from private_finetuning.status_server import StageStatus, StatusServer
 from private_finetuning.tensorboard_logging import add_token_projector, open_writer, run_dir
 
-STAGE = "model-peft-server"
-ARTIFACT = "adapter"
-KIND = "lora-adapter"
+STAGE, ARTIFACT, KIND = ADAPTER.producer, ADAPTER.artifact, ADAPTER.kind
 
 
 class NullWriter:
@@ -96,11 +94,9 @@ def _run(ctx: StageContext) -> None:
 
 
 def wait_for_inputs(ctx: StageContext) -> tuple[Artifact, Artifact, Artifact]:
-    from private_finetuning.stages import dataset_relocation, model_relocation, tokenizer_relocation
-
     a, cfg = ctx.args, ctx.config
-    return (wait_for_output(cfg, a.datasets, dataset_relocation), wait_for_output(cfg, a.base_model, model_relocation),
-            wait_for_output(cfg, a.base_tokenizer, tokenizer_relocation))
+    return (wait_for_output(cfg, a.datasets, DATASET), wait_for_output(cfg, a.base_model, BASE_MODEL),
+            wait_for_output(cfg, a.base_tokenizer, BASE_TOKENIZER))
 
 
 def check_tokenizer_matches(tokenizer: Any, model: Any, tokenizer_artifact: Artifact, base: Artifact) -> None:

@@ -12,13 +12,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from private_finetuning.artifacts import REFERENCE_MODEL
 from private_finetuning.sources import resolve
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage, scratch_dir
 from private_finetuning.stages.relocation import display_name, write_model, write_tokenizer
 
-STAGE = "model-reference-relocation-server"
-ARTIFACT = "model"
-KIND = "reference-model"
+STAGE, ARTIFACT, KIND = REFERENCE_MODEL.producer, REFERENCE_MODEL.artifact, REFERENCE_MODEL.kind
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,13 +6,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from private_finetuning.artifacts import BASE_TOKENIZER
 from private_finetuning.sources import resolve
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage, scratch_dir
 from private_finetuning.stages.relocation import display_name, write_tokenizer
 
-STAGE = "tokenizer-relocation-server"
-ARTIFACT = "tokenizer"
-KIND = "base-tokenizer"
+STAGE, ARTIFACT, KIND = BASE_TOKENIZER.producer, BASE_TOKENIZER.artifact, BASE_TOKENIZER.kind
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
