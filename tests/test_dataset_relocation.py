@@ -187,3 +187,13 @@ def test_line_separators_inside_json_strings_stay_in_their_record(tmp_path: Path
     assert sorted(m["content"] for s in splits.values() for r in s for m in r["messages"] if m["role"] == "user") \
         == sorted(r["prompt"] for r in rows)
 
+
+
+def test_jsonl_in_utf16_is_read_whole_and_right(tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i} \u00e9t\u00e9", "completion": f"a{i}"} for i in range(8)]
+    content = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-16")
+    code, volume = run_stage(tmp_path, "d.jsonl", content, encoding="utf-16")
+    assert code == 0
+    users = sorted(m["content"] for s in published(volume).values() for r in s for m in r["messages"]
+                   if m["role"] == "user")
+    assert users == sorted(r["prompt"] for r in rows)

@@ -26,14 +26,21 @@ from private_finetuning.errors import ConfigError
 EMBEDDED_MODELS = ("smollm2-135m-instruct", "gemma3-270m")
 
 
-def _require(obj: Any, where: str, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
-    """Range checks shared by the sections: each failing key is named in the error."""
+def _require(obj: Any, where: str, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+             at_most: dict[str, float] | None = None) -> None:
+    """Range checks shared by the sections: each failing key is named in the error.
+
+    ``at_most`` catches the absurd (a timeout of 1e300 s, a learning rate of 50): a typo, never a setting.
+    """
     for name in positive:
         if getattr(obj, name) <= 0:
             raise ConfigError(f"{where}.{name}: must be positive")
     for name in non_negative:
         if getattr(obj, name) < 0:
             raise ConfigError(f"{where}.{name}: must be zero or more")
+    for name, limit in (at_most or {}).items():
+        if getattr(obj, name) > limit:
+            raise ConfigError(f"{where}.{name}: {getattr(obj, name)!r} is more than the sensible maximum {limit:g}")
 EMBEDDED_DATASETS = ("acmehotels",)
 
 
@@ -226,7 +233,9 @@ class TrainingConfig:
     def check(self, where: str) -> None:
         _require(self, where, positive=("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps",
                                         "max_seq_len", "checkpoint_every_steps", "log_every_s", "max_grad_norm"),
-                 non_negative=("warmup_steps", "eval_every_steps", "sample_generations", "projector_tokens"))
+                 non_negative=("warmup_steps", "eval_every_steps", "sample_generations", "projector_tokens"),
+                 at_most={"learning_rate": 1.0, "epochs": 10_000, "batch_size": 65_536, "max_seq_len": 1_048_576,
+                          "gradient_accumulation_steps": 65_536, "log_every_s": 86_400})
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"{where}.max_steps: must be positive (or null for epochs)")
 
@@ -257,7 +266,8 @@ class EvaluationConfig:
     gates: EvaluationGates = field(default_factory=EvaluationGates)
 
     def check(self, where: str) -> None:
-        _require(self, where, positive=("max_new_tokens", "batch_size"), non_negative=("samples", "side_by_side"))
+        _require(self, where, positive=("max_new_tokens", "batch_size"), non_negative=("samples", "side_by_side"),
+                 at_most={"max_new_tokens": 32_768, "batch_size": 65_536})
 
 
 @dataclass
@@ -285,7 +295,10 @@ class ServingConfig:
         _require(self, where, positive=("max_new_tokens", "max_new_tokens_limit", "max_prompt_chars",
                                         "max_prompt_tokens", "max_body_bytes", "max_batch_size", "queue_size",
                                         "request_timeout_s", "adapter_poll_interval_s"),
-                 non_negative=("batch_window_ms",))
+                 non_negative=("batch_window_ms",),
+                 at_most={"request_timeout_s": 86_400, "adapter_poll_interval_s": 86_400, "batch_window_ms": 60_000,
+                          "max_new_tokens_limit": 1_048_576, "max_body_bytes": 1 << 30, "max_batch_size": 65_536,
+                          "queue_size": 1_000_000})
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ConfigError(f"{where}.max_new_tokens: above max_new_tokens_limit ({self.max_new_tokens_limit})")
 
@@ -299,7 +312,8 @@ class ArtifactsConfig:
     keep_versions: int = 1
 
     def check(self, where: str) -> None:
-        _require(self, where, positive=("wait_timeout_s", "poll_interval_s"), non_negative=("keep_versions",))
+        _require(self, where, positive=("wait_timeout_s", "poll_interval_s"), non_negative=("keep_versions",),
+                 at_most={"wait_timeout_s": 30 * 86_400, "poll_interval_s": 3_600})
 
 
 @dataclass

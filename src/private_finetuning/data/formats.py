@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning.config import CsvTemplate
-from private_finetuning.data.jsonl import split_lines
 from private_finetuning.errors import InputDataError
 
 ROLES = ("system", "user", "assistant")
@@ -43,26 +42,50 @@ def detect_format(path: Path, declared: str) -> str:
                          "dataset.source.format to csv, jsonl or text")
 
 
-def decode(path: Path, encoding: str, max_bytes: int) -> str:
-    """The file's text; a decoding error names the line and byte, not just an offset."""
+def _check_size(path: Path, max_bytes: int) -> None:
     try:
         size = path.stat().st_size
-        if size > max_bytes:
-            raise InputDataError(str(path), f"is {size} bytes, over dataset.max_file_bytes ({max_bytes}); raise "
-                                 "that limit (the pod's memory limit too) or split the file")
-        data = path.read_bytes()
     except FileNotFoundError:
         raise InputDataError(str(path), "file not found") from None
-    except IsADirectoryError:
-        raise InputDataError(str(path), "is a directory, expected a file") from None
+    if path.is_dir():
+        raise InputDataError(str(path), "is a directory, expected a file")
+    if size > max_bytes:
+        raise InputDataError(str(path), f"is {size} bytes, over dataset.max_file_bytes ({max_bytes}); raise "
+                             "that limit (the pod's memory limit too) or split the file")
+
+
+def _undecodable(path: Path, encoding: str, data: bytes, exc: UnicodeDecodeError, line: int) -> InputDataError:
+    return InputDataError(str(path), f"not valid {encoding} text: byte 0x{data[exc.start]:02x} cannot be decoded "
+                          f"({exc.reason}); convert the file or set dataset.source.encoding", line=line)
+
+
+def decode(path: Path, encoding: str, max_bytes: int) -> str:
+    """The whole file's text (CSV, whose quoted cells may span lines); a decoding error names the line."""
+    _check_size(path, max_bytes)
+    data = path.read_bytes()
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputDataError(str(path), f"not valid {encoding} text: byte 0x{data[exc.start]:02x} cannot be "
-                             f"decoded ({exc.reason}); convert the file or set dataset.source.encoding",
-                             line=line) from None
+        raise _undecodable(path, encoding, data, exc, data[: exc.start].count(b"\n") + 1) from None
     return text.removeprefix("\ufeff")
+
+
+def stream_lines(path: Path, encoding: str, max_bytes: int) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, read one at a time and split at ``\\n`` only (JSONL, plain text).
+
+    Encodings where a newline is not the byte ``\\n`` (UTF-16, UTF-32) are decoded whole instead.
+    """
+    if "a\n".encode(encoding) != b"a\n":
+        yield from enumerate(decode(path, encoding, max_bytes).split("\n"), start=1)
+        return
+    _check_size(path, max_bytes)
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise _undecodable(path, encoding, raw, exc, number) from None
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
 def _check_text(value: Any, path: Path, line: int, field: str, max_chars: int, *, allow_empty: bool = False) -> str:
@@ -112,8 +135,10 @@ def _messages_from_json(obj: dict, path: Path, line: int, max_chars: int) -> lis
                          f"'instruction'+'output' (found keys: {', '.join(sorted(obj)) or 'none'})", line)
 
 
-def read_jsonl(path: Path, text: str, max_chars: int) -> Iterator[dict]:
-    for line_no, line in split_lines(text):
+def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[dict]:
+    for line_no, line in lines:
+        if not line.strip():
+            continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -179,10 +204,10 @@ def read_csv(path: Path, text: str, template: CsvTemplate, max_chars: int) -> It
         yield {"messages": messages, "split": None, "meta": {"source_line": line_no}}
 
 
-def read_text(path: Path, text: str, max_chars: int) -> Iterator[dict]:
+def read_text(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[dict]:
     paragraph: list[str] = []
     start = 0
-    for line_no, line in enumerate([*text.splitlines(), ""], start=1):
+    for line_no, line in [*lines, (0, "")]:
         if line.strip():
             if not paragraph:
                 start = line_no
@@ -198,15 +223,14 @@ def read_records(path: Path, fmt: str, encoding: str, max_chars: int, csv_templa
                  max_bytes: int = 1024**3) -> list[dict]:
     """All records of one input file, validated; raises InputDataError on the first problem."""
     fmt = detect_format(path, fmt)
-    text = decode(path, encoding, max_bytes)
     if fmt == "jsonl":
-        records = list(read_jsonl(path, text, max_chars))
+        records = list(read_jsonl(path, stream_lines(path, encoding, max_bytes), max_chars))
     elif fmt == "csv":
         if csv_template is None:
             raise InputDataError(str(path), "CSV input needs dataset.source.csv_template")
-        records = list(read_csv(path, text, csv_template, max_chars))
+        records = list(read_csv(path, decode(path, encoding, max_bytes), csv_template, max_chars))
     else:
-        records = list(read_text(path, text, max_chars))
+        records = list(read_text(path, stream_lines(path, encoding, max_bytes), max_chars))
     if not records:
         raise InputDataError(str(path), "contains no records")
     return records

@@ -13,13 +13,6 @@ from pathlib import Path
 from typing import Any
 
 
-def split_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of every non-blank line of JSONL ``text``."""
-    for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            yield number, line
-
-
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line) of every non-blank line of the JSONL file at ``path``, without reading it whole."""
     with path.open(encoding="utf-8", newline="\n") as fh:
