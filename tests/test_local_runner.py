@@ -27,6 +27,8 @@ FAKE_APP = textwrap.dedent('''
         sys.exit(1)
     if mode == "bad":
         sys.exit(2)
+    if mode == "evicted" and n < 6:
+        sys.exit(5)  # stopped cleanly by SIGTERM, as a drained node's pod is
     if mode == "slow":
         time.sleep(60)
     (out / "done").write_text(mode)
@@ -45,8 +47,11 @@ def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600) -> Path
             "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
             "spec": {
                 "backoffLimit": 3, "activeDeadlineSeconds": deadline,
-                "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                    "containerName": "fake-server", "operator": "In", "values": [2]}}]},
+                "podFailurePolicy": {"rules": [
+                    {"action": "Ignore", "onExitCodes": {"containerName": "fake-server", "operator": "In",
+                                                         "values": [5]}},
+                    {"action": "FailJob", "onExitCodes": {"containerName": "fake-server", "operator": "In",
+                                                          "values": [2]}}]},
                 "template": {"spec": {"restartPolicy": "Never", "containers": [{
                     "name": "fake-server", "image": "fake-server", "workingDir": "/app",
                     "command": ["python", "app.py"], "args": ["--output", f"/mnt/{name}"],
@@ -69,6 +74,15 @@ def test_failed_pod_is_restarted_like_the_job_controller(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert "flaky                        succeeded" in out and "attempts=3" in out
     assert "flaky attempt 3" in (state / "logs" / "flaky.log").read_text()
+
+
+def test_evictions_are_ignored_by_the_pod_failure_policy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Five clean SIGTERM stops (exit 5) on a Job whose backoffLimit is 3: none counts, the Job succeeds."""
+    repo = fake_repo(tmp_path, {"evicted": "evicted", "flaky": "flaky"})
+    state = tmp_path / "state"
+    assert run_pipeline(repo, repo / "k8s" / "overlays" / "test", state)
+    assert (state / "volumes" / "evicted" / "attempts").read_text() == "6"
+    assert "evicted                      succeeded" in capsys.readouterr().out
 
 
 def test_bad_input_fails_the_job_at_once_and_stops_the_others(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
