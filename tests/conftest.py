@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -90,3 +91,19 @@ def train_argv(config: Path, volumes: dict[str, Path]) -> list[str]:
     return ["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
             str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
             "--output", str(volumes["fine-tuned-model"]), "--status-port", "0"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-from conftest import REPO, publish_inputs, train_argv, write_config
+from conftest import REPO, free_port, port_is_free, publish_inputs, train_argv, write_config
 from private_finetuning import promotion
 from private_finetuning.artifacts import open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
@@ -317,11 +316,6 @@ def test_only_a_promoted_adapter_is_swapped_in_and_a_broken_one_refused(tmp_path
 
 # --- the real thing: the stage under gunicorn -------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def printed_curl_commands() -> list[str]:
     """Every curl command the README and docs show for the inference server, and the one the runner prints."""
@@ -373,14 +367,6 @@ def test_the_stage_serves_with_gunicorn_and_answers_every_printed_curl(tmp_path:
         output = server.communicate(timeout=60)[0]
     assert "gunicorn" in output.lower() or "Booting worker" in output
 
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 # --- the API against its own OpenAPI description ---------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NETGUARD
+from conftest import NETGUARD, free_port, port_is_free
 
 SERVER = textwrap.dedent('''
     import http.server, os, sys, time
@@ -48,19 +47,6 @@ SERVER = textwrap.dedent('''
 ''')
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def workload(kind: str, name: str, image: str, port: int, pids: Path, role: str) -> dict:
