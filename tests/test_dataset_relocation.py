@@ -58,6 +58,24 @@ def test_csv_with_template(tmp_path: Path) -> None:
      [{"role": "user", "content": "Translate\n\nhola"}, {"role": "assistant", "content": "hello"}]),
     ({"instruction": "Say hi", "output": "hi"},
      [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]),
+    # alpaca with system and history (LLaMA-Factory)
+    ({"instruction": "And Oslo?", "output": "4 nights", "system": "Be brief",
+      "history": [["Stay in Bergen?", "2 nights"]]},
+     [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Stay in Bergen?"},
+      {"role": "assistant", "content": "2 nights"}, {"role": "user", "content": "And Oslo?"},
+      {"role": "assistant", "content": "4 nights"}]),
+    # ShareGPT, with a system field
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "system": "s"},
+     [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]),
+    # OpenAI chat with content parts
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q1 "}, {"type": "text", "text": "q2"}]},
+                   {"role": "assistant", "content": "a"}]},
+     [{"role": "user", "content": "q1 q2"}, {"role": "assistant", "content": "a"}]),
+    # TRL conversational prompt-completion
+    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]},
+     [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]),
+    # TRL language modeling
+    ({"text": "The VPN host is vpn-01."}, [{"role": "assistant", "content": "The VPN host is vpn-01."}]),
 ])
 def test_jsonl_forms_are_normalized_to_chat(tmp_path: Path, line: dict, expected: list) -> None:
     code, volume = run_stage(tmp_path, "d.jsonl", "\n".join(json.dumps(line) for _ in range(4)) + "\n")
@@ -121,7 +139,28 @@ BAD_INPUTS = [
     ("h.csv", "name,price\n", {"csv_template": TEMPLATE}, "h.csv: contains no records"),
     ("d.jsonl", '{"prompt": "q", "completion": "a"}\n', {}, "needs at least 2 records to hold out an eval split"),
     ("d.jsonl", '{"prompt": "q", "completion": "a", "split": "train"}\n' * 3, {}, "the eval split is empty"),
-    ("d.parquet", "x", {}, "cannot tell the format from the extension '.parquet'"),
+    ("d.xlsx", "x", {}, "cannot tell the format from the extension '.xlsx'"),
+    ("d.parquet", "not parquet", {}, "d.parquet: not a readable Parquet file"),
+    ("d.json", '[{"prompt": "q", "completion": "a"},\n {"prompt": 5, "completion": "a"}]', {},
+     "d.json:2: field 'prompt': expected a string, got int"),
+    ("d.json", '[{"prompt": "q", "completion": "a"},\n {"prompt": "q" "completion": "a"}]', {},
+     "d.json:2: malformed JSON: Expecting ',' delimiter"),
+    ("d.json", '[{"prompt": "q", "completion": "a"},\n {"prompt": "q", "completion": "a"}', {},
+     "d.json:2: malformed JSON: the array is not closed"),
+    ("d.jsonl", '{"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}\n', {},
+     "d.jsonl:1: field 'conversations[1].from': role 'robot' is not one of human, user, gpt"),
+    ("d.jsonl", '{"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}\n', {},
+     "d.jsonl:1: field 'conversations[1].from': the last message must be the assistant's"),
+    ("d.jsonl", '{"instruction": "q", "output": "a", "history": [["q0"]]}\n', {},
+     "d.jsonl:1: field 'history[0]': must be an [instruction, response] pair"),
+    ("d.jsonl", '{"instruction": "q", "output": "a", "system": 7}\n', {},
+     "d.jsonl:1: field 'system': expected a string, got int"),
+    ("d.jsonl", '{"messages": [{"role": "user", "content": [{"type": "image_url"}]}, '
+     '{"role": "assistant", "content": "a"}]}\n', {},
+     "d.jsonl:1: field 'messages[0].content[0]': only text parts are supported"),
+    ("d.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n', {}, "d.jsonl:1: preference data (chosen/rej"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a", "label": false}\n', {}, "d.jsonl:1: preference data"),
+    ("d.jsonl", '{"prompt": "q"}\n', {}, "d.jsonl:1: field 'completion': expected a string, got NoneType"),
     ("d.jsonl", '{"prompt": "q", "completion": "a", "meta": ' + "[" * 100000 + "]" * 100000 + "}\n", {},
      "d.jsonl:1: nested too deeply"),
 ]
@@ -197,3 +236,36 @@ def test_jsonl_in_utf16_is_read_whole_and_right(tmp_path: Path) -> None:
     users = sorted(m["content"] for s in published(volume).values() for r in s for m in r["messages"]
                    if m["role"] == "user")
     assert users == sorted(r["prompt"] for r in rows)
+
+
+def test_a_json_array_is_read_record_by_record(tmp_path: Path) -> None:
+    """The usual alpaca_data.json: one JSON array, pretty-printed over many lines."""
+    rows = [{"instruction": f"Which floor is team {i} on?", "input": "", "output": f"Floor {i}."} for i in range(6)]
+    code, volume = run_stage(tmp_path, "alpaca_data.json", json.dumps(rows, indent=2))
+    assert code == 0
+    records = [r for s in published(volume).values() for r in s]
+    assert sorted(r["messages"][-1]["content"] for r in records) == sorted(r["output"] for r in rows)
+    assert sorted(r["meta"]["source_line"] for r in records) == [2 + 5 * i for i in range(6)]  # where each begins
+
+
+def test_parquet_rows_in_any_shape(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"messages": [{"role": "user", "content": f"SLA for P{i}?"}, {"role": "assistant", "content": f"{i}h"}],
+             "split": "eval" if i < 2 else "train"} for i in range(6)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "chat.parquet")
+    code = dataset_relocation.main(["--config", str(write_config(tmp_path / "p.yaml", {"dataset": {"source": {
+        "type": "file", "path": "chat.parquet"}}})), "--output", str(tmp_path / "volume")])
+    assert code == 0
+    splits = published(tmp_path / "volume")
+    assert len(splits["eval"]) == 2 and len(splits["train"]) == 4
+    assert splits["eval"][0]["meta"]["source_line"] in ("row 1", "row 2")
+
+    bad = [{"instruction": "q", "output": "a"}, {"instruction": "q", "output": ""}]
+    pq.write_table(pa.Table.from_pylist(bad), tmp_path / "bad.parquet")
+    code = dataset_relocation.main(["--config", str(write_config(tmp_path / "q.yaml", {"dataset": {"source": {
+        "type": "file", "path": "bad.parquet"}}})), "--output", str(tmp_path / "other")])
+    assert code == EXIT_BAD_INPUT
+    assert "bad.parquet:row 2: field 'output': is empty" in capsys.readouterr().err
+    assert_nothing_published(tmp_path / "other")

@@ -130,7 +130,7 @@ class DatasetSource:
     # Embedded AcmeHotels sizes: tiny (tests), small (2-core CPU default), full (GPU).
     size: Literal["tiny", "small", "full"] = "small"
     path: str | None = None
-    format: Literal["auto", "csv", "jsonl", "text"] = "auto"
+    format: Literal["auto", "csv", "json", "jsonl", "parquet", "text"] = "auto"
     csv_template: CsvTemplate | None = None
     encoding: str = "utf-8"
 

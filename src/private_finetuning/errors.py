@@ -36,7 +36,7 @@ class InputDataError(PipelineError):
 
     exit_code = EXIT_BAD_INPUT
 
-    def __init__(self, path: str, message: str, line: int | None = None, field: str | None = None):
+    def __init__(self, path: str, message: str, line: int | str | None = None, field: str | None = None):
         self.path, self.line, self.field = path, line, field
         where = path if line is None else f"{path}:{line}"
         what = f" field '{field}':" if field else ""

@@ -1,14 +1,16 @@
 """Readers that turn a company's data files into normalized chat records, or say exactly what is wrong.
 
 A normalized record is ``{"messages": [{"role", "content"}, ...], "split": "train"|"eval"|None,
-"meta": {...}}``; the last message is the assistant's (what the model learns to say). Inputs:
+"meta": {...}}``; the last message is the assistant's (what the model learns to say). Files:
 
 - CSV, with a row-to-text template from the config (``{column}`` format strings);
-- JSONL in chat form (``messages``), prompt/completion form, or instruction/input/output (alpaca);
+- JSON Lines, a ``.json`` array of records, or a Parquet table, each record in one of the shapes
+  of ``shapes.py`` (chat messages, prompt/completion, alpaca, ShareGPT, text);
 - plain text: paragraphs separated by blank lines, each learned as an assistant turn.
 
-Every error names file, line and field. Nothing is truncated or skipped silently: a bad row stops
-the stage, because a pipeline that quietly drops part of the private data trains on the wrong thing.
+Every error names file and line (or row) and field. Nothing is truncated or skipped silently: a bad
+row stops the stage, because a pipeline that quietly drops part of the private data trains on the
+wrong thing.
 """
 
 from __future__ import annotations
@@ -19,13 +21,10 @@ import json
 import string
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from private_finetuning.config import CsvTemplate
+from private_finetuning.data.shapes import check_text, to_record
 from private_finetuning.errors import InputDataError
-
-ROLES = ("system", "user", "assistant")
-SPLITS = ("train", "eval")
 
 
 def detect_format(path: Path, declared: str) -> str:
@@ -34,8 +33,12 @@ def detect_format(path: Path, declared: str) -> str:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return "csv"
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
+    if suffix == ".json":
+        return "json"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
     if suffix in (".txt", ".md", ".text"):
         return "text"
     raise InputDataError(str(path), f"cannot tell the format from the extension {suffix!r}; set "
@@ -88,53 +91,6 @@ def stream_lines(path: Path, encoding: str, max_bytes: int) -> Iterator[tuple[in
             yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
-def _check_text(value: Any, path: Path, line: int, field: str, max_chars: int, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise InputDataError(str(path), f"expected a string, got {type(value).__name__}", line, field)
-    if not allow_empty and not value.strip():
-        raise InputDataError(str(path), "is empty", line, field)
-    if len(value) > max_chars:
-        raise InputDataError(str(path), f"is {len(value)} characters long, over the limit of {max_chars} "
-                             "(dataset.max_chars)", line, field)
-    return value
-
-
-def _messages_from_json(obj: dict, path: Path, line: int, max_chars: int) -> list[dict[str, str]]:
-    if "messages" in obj:
-        messages = obj["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise InputDataError(str(path), "must be a non-empty list of {role, content}", line, "messages")
-        out = []
-        for i, message in enumerate(messages):
-            field = f"messages[{i}]"
-            if not isinstance(message, dict):
-                raise InputDataError(str(path), "must be an object with role and content", line, field)
-            role = message.get("role")
-            if role not in ROLES:
-                raise InputDataError(str(path), f"role {role!r} is not one of {', '.join(ROLES)}", line,
-                                     f"{field}.role")
-            if role == "system" and i != 0:
-                raise InputDataError(str(path), "a system message may only come first", line, f"{field}.role")
-            out.append({"role": role,
-                        "content": _check_text(message.get("content"), path, line, f"{field}.content", max_chars)})
-        if out[-1]["role"] != "assistant":
-            raise InputDataError(str(path), "the last message must be the assistant's (the text to learn)",
-                                 line, f"messages[{len(out) - 1}].role")
-        return out
-    if "prompt" in obj or "completion" in obj:
-        prompt = _check_text(obj.get("prompt"), path, line, "prompt", max_chars)
-        completion = _check_text(obj.get("completion"), path, line, "completion", max_chars)
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-    if "instruction" in obj or "output" in obj:
-        instruction = _check_text(obj.get("instruction"), path, line, "instruction", max_chars)
-        extra = _check_text(obj.get("input", ""), path, line, "input", max_chars, allow_empty=True)
-        output = _check_text(obj.get("output"), path, line, "output", max_chars)
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    raise InputDataError(str(path), "unrecognised record: expected 'messages', 'prompt'+'completion', or "
-                         f"'instruction'+'output' (found keys: {', '.join(sorted(obj)) or 'none'})", line)
-
-
 def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[dict]:
     for line_no, line in lines:
         if not line.strip():
@@ -145,16 +101,59 @@ def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> 
             raise InputDataError(str(path), f"malformed JSON: {exc.msg} at column {exc.colno}", line_no) from None
         except RecursionError:
             raise InputDataError(str(path), "nested too deeply", line_no) from None
-        if not isinstance(obj, dict):
-            raise InputDataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line_no)
-        split = obj.get("split")
-        if split is not None and split not in SPLITS:
-            raise InputDataError(str(path), f"{split!r} is not one of {', '.join(SPLITS)}", line_no, "split")
-        meta = obj.get("meta", {})
-        if not isinstance(meta, dict):
-            raise InputDataError(str(path), "must be an object", line_no, "meta")
-        yield {"messages": _messages_from_json(obj, path, line_no, max_chars), "split": split,
-               "meta": {**meta, "source_line": line_no}}
+        yield to_record(obj, path, line_no, max_chars)
+
+
+def read_json(path: Path, encoding: str, max_chars: int, max_bytes: int) -> Iterator[dict]:
+    """A ``.json`` file: a JSON array of records (the usual ``alpaca_data.json``), or JSON Lines."""
+    text = decode(path, encoding, max_bytes)
+    if not text.lstrip().startswith("["):
+        yield from read_jsonl(path, enumerate(text.split("\n"), start=1), max_chars)
+        return
+    decoder, position = json.JSONDecoder(), text.index("[") + 1
+    try:
+        while True:
+            position = _skip(text, position, ",")
+            if text[position] == "]":
+                break
+            start = position
+            obj, position = decoder.raw_decode(text, position)
+            yield to_record(obj, path, text.count("\n", 0, start) + 1, max_chars)
+            position = _skip(text, position, "")
+            if text[position] not in ",]":
+                raise json.JSONDecodeError("expected ',' or ']' after a record", text, position)
+    except json.JSONDecodeError as exc:
+        raise InputDataError(str(path), f"malformed JSON: {exc.msg} at column {exc.colno}", exc.lineno) from None
+    except IndexError:
+        raise InputDataError(str(path), "malformed JSON: the array is not closed", text.count("\n") + 1) from None
+    except RecursionError:
+        raise InputDataError(str(path), "nested too deeply", text.count("\n", 0, position) + 1) from None
+
+
+def _skip(text: str, position: int, also: str) -> int:
+    """The position of the next character that is neither whitespace nor one separator in ``also``."""
+    while text[position].isspace() or (also and text[position] == also):
+        if text[position] == also:
+            also = ""  # one separator at most
+        position += 1
+    return position
+
+
+def read_parquet(path: Path, max_chars: int, max_bytes: int) -> Iterator[dict]:
+    """A Parquet table: one record per row, with columns named as in JSON (``messages``, ``instruction``...)."""
+    import pyarrow.parquet as pq
+    from pyarrow import ArrowException
+
+    _check_size(path, max_bytes)
+    try:
+        table = pq.ParquetFile(path)
+        row = 0
+        for batch in table.iter_batches(batch_size=1024):
+            for obj in batch.to_pylist():
+                row += 1
+                yield to_record({k: v for k, v in obj.items() if v is not None}, path, f"row {row}", max_chars)
+    except ArrowException as exc:
+        raise InputDataError(str(path), f"not a readable Parquet file ({exc})") from None
 
 
 def _template_fields(template: str) -> list[str]:
@@ -199,7 +198,7 @@ def read_csv(path: Path, text: str, template: CsvTemplate, max_chars: int) -> It
                 if not values[field].strip():
                     raise InputDataError(str(path), f"is empty but used by csv_template.{part}", line_no, field)
             content = fmt.format(**values)
-            messages.append({"role": part, "content": _check_text(content, path, line_no, f"<{part} text>",
+            messages.append({"role": part, "content": check_text(content, path, line_no, f"<{part} text>",
                                                                    max_chars)})
         yield {"messages": messages, "split": None, "meta": {"source_line": line_no}}
 
@@ -213,7 +212,7 @@ def read_text(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> I
                 start = line_no
             paragraph.append(line.strip())
         elif paragraph:
-            content = _check_text(" ".join(paragraph), path, start, "paragraph", max_chars)
+            content = check_text(" ".join(paragraph), path, start, "paragraph", max_chars)
             yield {"messages": [{"role": "assistant", "content": content}], "split": None,
                    "meta": {"source_line": start}}
             paragraph = []
@@ -225,6 +224,10 @@ def read_records(path: Path, fmt: str, encoding: str, max_chars: int, csv_templa
     fmt = detect_format(path, fmt)
     if fmt == "jsonl":
         records = list(read_jsonl(path, stream_lines(path, encoding, max_bytes), max_chars))
+    elif fmt == "json":
+        records = list(read_json(path, encoding, max_chars, max_bytes))
+    elif fmt == "parquet":
+        records = list(read_parquet(path, max_chars, max_bytes))
     elif fmt == "csv":
         if csv_template is None:
             raise InputDataError(str(path), "CSV input needs dataset.source.csv_template")
