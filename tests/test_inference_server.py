@@ -173,6 +173,10 @@ BAD = [
     ({"json": {"input_prompt": "hi", "temperature": -1}}, 422, "temperature must be a number from 0 to 2"),
     ({"json": {"input_prompt": "hi", "top_p": 0}}, 422, "top_p must be a number in (0, 1]"),
     ({"data": json.dumps({"input_prompt": "x" * 5000}), "content_type": "application/json"}, 413, "over 4096 bytes"),
+    # Once answered 500 (a fuzzer and a reviewer found them):
+    ({"data": "[" * 3000, "content_type": "application/json"}, 400, "nested too deeply"),
+    ({"data": '{"input_prompt": "hi \\ud800"}', "content_type": "application/json"}, 422,
+     "input_prompt holds an unpaired surrogate ('\\ud800')"),
 ]
 
 
@@ -184,6 +188,24 @@ def test_bad_input_gets_a_json_4xx_and_the_server_keeps_answering(client, kwargs
     body = response.get_json()
     assert message in body["error"]["message"] and body["error"]["status"] == status
     assert client.post("/prompt", json={"input_prompt": "still there?"}).status_code == 200
+
+
+CHAT = "/v1/chat/completions"
+BAD_CHAT = [
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "user", "content": [7]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": "caf\udce9"}]}, "messages[0].content"),
+    ({"messages": "hi"}, "messages"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_CHAT)
+def test_malformed_chat_messages_get_a_422_naming_the_field(client, body: dict, field: str) -> None:
+    response = client.post(CHAT, data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.get_json()["error"]["field"] == field
 
 
 def test_unknown_routes_and_methods_are_json(client) -> None:

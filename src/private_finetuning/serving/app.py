@@ -43,6 +43,16 @@ def served(engine: Engine) -> dict[str, Any]:
             "evaluation_report_digest": loaded.report_digest}
 
 
+def _encodable(text: str, field: str) -> str:
+    """JSON may carry a lone surrogate (\\ud800) that no tokenizer can encode: a client error, not a crash."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(422, f"{field} holds an unpaired surrogate ({text[exc.start]!r}), which is not text",
+                       field) from None
+    return text
+
+
 def _error_body(status: int, message: str, field: str | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"message": message, "status": status}
     if field:
@@ -196,11 +206,14 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"invalid JSON body: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "invalid JSON body: nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, f"the JSON body must be an object, got {type(body).__name__}")
         return body
 
     def _check_prompt(text: str, field: str) -> str:
+        _encodable(text, field)
         if not text.strip():
             raise ApiError(422, f"{field} is empty", field)
         if len(text) > serving.max_prompt_chars:
@@ -216,11 +229,7 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
             field = f"messages[{i}]"
             if not isinstance(message, dict) or message.get("role") not in ROLES:
                 raise ApiError(422, f"role must be one of {', '.join(ROLES)}", f"{field}.role")
-            content = message.get("content")
-            if isinstance(content, list):  # OpenAI content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-            if not isinstance(content, str):
-                raise ApiError(422, "content must be a string", f"{field}.content")
+            content = _content(message.get("content"), f"{field}.content")
             if message["role"] != "system":  # the server's own instructions are not overridable
                 messages.append({"role": message["role"], "content": content})
         if not messages or messages[-1]["role"] != "user":
@@ -232,6 +241,23 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
         if not any(m["content"].strip() for m in messages):
             raise ApiError(422, "messages are empty", "messages")
         return messages
+
+    def _content(content: Any, field: str) -> str:
+        """A message's content: a string, or OpenAI content parts (the text ones are kept, in order)."""
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if not isinstance(part, dict):
+                    raise ApiError(422, "a content part must be an object", f"{field}[{j}]")
+                if part.get("type") != "text":
+                    continue
+                if not isinstance(part.get("text"), str):
+                    raise ApiError(422, "a text part's text must be a string", f"{field}[{j}].text")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise ApiError(422, "content must be a string", field)
+        return _encodable(content, field)
 
     def _generation_params(body: dict[str, Any], max_tokens_key: str) -> dict[str, Any]:
         max_new = body.get(max_tokens_key, serving.max_new_tokens)
