@@ -28,7 +28,7 @@ log = logging.getLogger("local-runner")
 SERVICE_RESTARTS = 5  # a Deployment pod that keeps exiting is given up on (CrashLoopBackOff)
 
 
-class Interrupted(Exception):
+class SignalReceived(Exception):
     """Ctrl-C or SIGTERM reached the runner."""
 
 
@@ -170,7 +170,7 @@ class Controller:
     def raise_if_interrupted(self) -> None:
         """Act on Ctrl-C or SIGTERM here, between steps, never halfway through starting a pod."""
         if self.interrupted and not self.stopping:
-            raise Interrupted(self.interrupted)
+            raise SignalReceived(self.interrupted)
 
     def tick(self) -> None:
         """One pass for the Deployments alone: placement, restarts and memory samples."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from private_finetuning.artifacts import CURRENT, MANIFEST, human_size, verify
 from private_finetuning.errors import ArtifactError, ConfigError
-from private_finetuning.local_runner.controller import Controller, Interrupted
+from private_finetuning.local_runner.controller import Controller, SignalReceived
 from private_finetuning.local_runner.engines import make_engine
 from private_finetuning.local_runner.pods import plan
 from private_finetuning.local_runner.scheduling import Node, format_memory
@@ -93,7 +93,7 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
                 log.info("jobs %s in %s", "succeeded" if ok else "FAILED", format_duration(time.monotonic() - start))
                 if ok and controller.services and then != "exit":
                     ok = _serve(controller, then, question)
-            except Interrupted as why:
+            except SignalReceived as why:
                 log.warning("%s: stopping every pod (each gets %d s)", why, STOP_GRACE_S)
                 controller.stop_all(f"interrupted ({why})", STOP_GRACE_S)
                 raise KeyboardInterrupt from None
