@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import publish_inputs, train_argv, write_config
 from private_finetuning import promotion
@@ -123,6 +124,16 @@ def test_report_files_tensorboard_and_idempotence(tmp_path: Path, volumes: dict[
     assert report["models"]["fine_tuned"]["digest"] == open_artifact(out, "adapter", "lora-adapter").manifest.digest
     markdown = artifact.file("report.md").read_text()
     assert "| fact accuracy |" in markdown and "## Forgetting" in markdown and "## Side by side" in markdown
+    plots = sorted(f.path for f in artifact.manifest.files if f.path.startswith("plots/"))
+    assert plots == ["plots/fact_accuracy.png", "plots/fact_accuracy_by_fact.png", "plots/forgetting.png",
+                     "plots/loss.png"]  # listed in the manifest, so verified like every file
+    for plot in plots:
+        assert f"]({plot})" in markdown
+        with Image.open(artifact.file(plot)) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 400
+    page = artifact.file("report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4 and "<table>" in page and "plots/" not in page
 
     adapter = open_artifact(out, "adapter", "lora-adapter")
     events = EventAccumulator(str(out / adapter.manifest.metadata["tensorboard_run"]))

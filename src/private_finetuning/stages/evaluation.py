@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from private_finetuning import promotion
+from private_finetuning import promotion, report_plots
 from private_finetuning.artifacts import (
     ADAPTER,
     BASE_MODEL,
@@ -272,7 +272,10 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
     with ArtifactWriter(out, ARTIFACT, kind=KIND, stage=STAGE, keep_versions=ctx.config.artifacts.keep_versions) as w:
         assert w.path is not None
         (w.path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (w.path / "report.md").write_text(render_markdown(report) + "\n")
+        plots = report_plots.write_plots(w.path, report, training_run(ctx, inputs["adapter"]))
+        markdown = "\n".join([render_markdown(report), *report_plots.markdown_section(plots)]) + "\n"
+        (w.path / "report.md").write_text(markdown)
+        (w.path / "report.html").write_text(report_plots.html_page(markdown, w.path, "Evaluation report"))
         w.commit(name=f"{inputs['adapter'].manifest.name}-evaluation",
                  source={k: {"kind": a.manifest.kind, "digest": a.manifest.digest} for k, a in inputs.items()}
                  | {"fingerprint": fp},
@@ -283,11 +286,18 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
     return report, w.published, inputs["adapter"]
 
 
+def training_run(ctx: StageContext, adapter: Artifact) -> Path | None:
+    """The training run folder the adapter names, if it is a real one of this volume (never a path taken as is)."""
+    from private_finetuning.tensorboard_logging import recorded_run_dir
+
+    return recorded_run_dir(ctx.args.fine_tuned, adapter.manifest.metadata.get("tensorboard_run"))
+
+
 def write_tensorboard(ctx: StageContext, adapter: Artifact, report: dict[str, Any]) -> None:
     """Scalars and the report as text, in the training run's folder, at the adapter's final step."""
-    from private_finetuning.tensorboard_logging import open_writer, recorded_run_dir
+    from private_finetuning.tensorboard_logging import open_writer
 
-    run = recorded_run_dir(ctx.args.fine_tuned, adapter.manifest.metadata.get("tensorboard_run"))
+    run = training_run(ctx, adapter)
     if run is None:
         ctx.log.warning("the adapter names no training run folder of this volume; no TensorBoard scalars written")
         return
