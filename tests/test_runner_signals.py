@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,11 +113,27 @@ def wait_for_pids(pids: Path, count: int, timeout: float = 60) -> list[int]:
     raise AssertionError(f"only {len(found)} of {count} processes started")
 
 
+@pytest.fixture
+def reaped(fake_pipeline: tuple) -> Iterator[list[subprocess.Popen]]:
+    """Runners a test starts; whatever a failed test leaves running is killed, so no server outlives it."""
+    runners: list[subprocess.Popen] = []
+    yield runners
+    for runner in runners:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+    pids = fake_pipeline[1]
+    for pid in (int(p.name.split("-")[1]) for p in pids.glob("*-*")) if pids.is_dir() else ():
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("how", ["ctrl-c to the group", "sigterm to the runner"])
 def test_a_signal_stops_every_child_in_seconds_with_no_restart(fake_pipeline: tuple, tmp_path: Path,
-                                                               how: str) -> None:
+                                                               how: str, reaped: list) -> None:
     repo, pids, ports = fake_pipeline
     runner = start_runner(repo, "serve", tmp_path)
+    reaped.append(runner)
     children = wait_for_pids(pids, 5)  # 2 servers + 2 workers + the job
     deadline = time.monotonic() + 60
     while not all(not port_is_free(p) for p in ports) and time.monotonic() < deadline:
@@ -136,10 +153,12 @@ def test_a_signal_stops_every_child_in_seconds_with_no_restart(fake_pipeline: tu
     assert all(port_is_free(p) for p in ports)
 
 
-def test_what_a_pod_leaves_running_in_its_session_goes_with_it(fake_pipeline: tuple, tmp_path: Path) -> None:
+def test_what_a_pod_leaves_running_in_its_session_goes_with_it(fake_pipeline: tuple, tmp_path: Path,
+                                                              reaped: list) -> None:
     """The Job is stopped by the runner at the end of a smoke run too: nothing outlives `pft run`."""
     repo, pids, ports = fake_pipeline
     runner = start_runner(repo, "smoke", tmp_path)
+    reaped.append(runner)
     children = wait_for_pids(pids, 5)
     runner.send_signal(signal.SIGTERM)
     runner.communicate(timeout=30)
