@@ -22,7 +22,7 @@ from private_finetuning import promotion
 from private_finetuning.artifacts import open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
 from private_finetuning.serving.app import create_app
-from private_finetuning.serving.engine import Engine
+from private_finetuning.serving.engine import Engine, Request
 from private_finetuning.stages import peft_training
 
 TRAIN = {"max_steps": 4, "batch_size": 4, "sample_generations": 0, "projector_tokens": 0, "log_every_s": 60,
@@ -242,6 +242,58 @@ def test_full_queue_answers_503_with_retry_after(volumes: dict[str, Path], monke
     waiting.join()
 
 
+# --- per-request deadlines and cancellation inside a batch ---------------------------------------------
+
+def test_a_late_or_cancelled_row_ends_alone_and_the_batch_stops_when_all_rows_have(engine: Engine) -> None:
+    import torch
+
+    from private_finetuning.serving.engine import BatchStreamer
+
+    now = time.monotonic()
+    late, cancelled, fine = (Request([1, 2], 8, 0.0, 1.0, deadline=now + d) for d in (60, 60, 60))
+    streamer = BatchStreamer([late, cancelled, fine], engine.loaded.tokenizer, [0])
+    streamer.put(torch.tensor([[1, 2]] * 3))  # the prompts
+    streamer.put(torch.tensor([5, 5, 5]))
+    late.deadline = time.monotonic() - 1  # its deadline passes mid-batch
+    cancelled.cancelled = True  # its client disconnects
+    streamer.put(torch.tensor([6, 6, 6]))
+    assert late.done.is_set() and "deadline" in late.error
+    assert cancelled.done.is_set() and "cancelled" in cancelled.error
+    assert not fine.done.is_set() and streamer.tokens[2] == [5, 6]  # the other row goes on
+    assert streamer(None, None) is False
+    streamer.put(torch.tensor([7, 7, 0]))  # the last row ends (EOS)
+    assert streamer(None, None) is True  # nothing left to generate for: the batch stops
+
+
+def test_a_streaming_client_that_disconnects_cancels_its_generation(engine: Engine) -> None:
+    app = create_app(engine, engine.config)
+    submitted: list[Request] = []
+    gate = threading.Event()
+    real_submit, real_generate = engine.submit, engine._generate
+
+    def spy(job: Request) -> Request:
+        submitted.append(job)
+        return real_submit(job)
+
+    def held(batch: list[Request]) -> None:  # generation waits until the client has gone
+        gate.wait(10)
+        real_generate(batch)
+
+    engine.submit, engine._generate = spy, held  # type: ignore[method-assign]
+    try:
+        response = app.test_client().post(CHAT, json={"messages": [{"role": "user", "content": "hi"}], "stream": True,
+                                                      "max_tokens": 32}, buffered=False)
+        assert b'"role": "assistant"' in next(iter(response.response))
+        response.close()  # the client goes away after the first chunk
+        assert submitted[0].cancelled
+        gate.set()
+        assert submitted[0].done.wait(10)
+        assert submitted[0].error == "cancelled by the client" and not submitted[0].text
+    finally:
+        gate.set()
+        engine.submit, engine._generate = real_submit, real_generate  # type: ignore[method-assign]
+
+
 # --- OpenAI compatibility, streaming, concurrency ---------------------------------------------------------
 
 def test_openai_client_library(live_url: str) -> None:
@@ -384,10 +436,51 @@ def test_the_stage_serves_with_gunicorn_and_answers_every_printed_curl(tmp_path:
             run = subprocess.run(["bash", "-c", command + " -sS --fail-with-body -o /dev/null -w '%{http_code}'"
                                   + redirect], capture_output=True, text=True, timeout=60, check=False)
             assert run.returncode == 0 and run.stdout == "200", f"{command}: exit {run.returncode} {run.stderr}"
+        statuses, probes = load_with_probes(f"http://127.0.0.1:{port}", clients=16, seconds=3.0)
+        assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
+        assert probes and all(ok and took < 2.0 for ok, took in probes), max(took for _, took in probes)
     finally:
         server.terminate()
         output = server.communicate(timeout=60)[0]
-    assert "gunicorn" in output.lower() or "Booting worker" in output
+    assert "gunicorn (1 worker, 48 threads)" in output  # queue 24 + batch 16 + 8 for the probes
+
+
+def load_with_probes(url: str, clients: int, seconds: float) -> tuple[list[int], list[tuple[bool, float]]]:
+    """``clients`` threads POST /prompt for ``seconds`` (loopback, bounded) while /health and /ready are probed
+    as a kubelet would; the /prompt statuses and each probe's (200?, seconds taken)."""
+    import urllib.error
+
+    stop = time.monotonic() + seconds
+    statuses: list[int] = []
+    probes: list[tuple[bool, float]] = []
+
+    def client() -> None:
+        body = json.dumps({"input_prompt": "What is the best hotel in Seville?"}).encode()
+        while time.monotonic() < stop:
+            req = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as response:
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+
+    def prober() -> None:
+        while time.monotonic() < stop:
+            for path in ("/health", "/ready"):
+                start = time.monotonic()
+                try:
+                    with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
+                        probes.append((response.status == 200, time.monotonic() - start))
+                except OSError:
+                    probes.append((False, time.monotonic() - start))
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)] + [threading.Thread(target=prober)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 60)
+    return statuses, probes
 
 
 

@@ -8,14 +8,24 @@ from typing import Any
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int,
              eos_token_ids: list[int], device: str = "cpu", do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, streamer: Any = None,
-             max_time: float | None = None) -> list[tuple[str, int]]:
+             max_time: float | None = None, stopping_criteria: list[Any] | None = None) -> list[tuple[str, int]]:
     """Answer each prompt (token ids); returns (text, number of generated tokens) per prompt.
 
     Prompts are left-padded into one batch so every answer starts at the same position.
     ``streamer`` receives each step's tokens (transformers' streamer protocol); ``max_time`` bounds
-    the generation in seconds.
+    the generation in seconds; ``stopping_criteria`` (callables of the ids and scores) may end it early.
     """
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _AllRows(StoppingCriteria):
+        """A callable of (ids, scores) that ends every row at once, as a transformers stopping criterion."""
+
+        def __init__(self, check: Any):
+            self.check = check
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), bool(self.check(input_ids, scores)), dtype=torch.bool)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
     width = max(len(p) for p in prompts)
@@ -29,6 +39,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_to
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              eos_token_id=eos_token_ids, pad_token_id=pad_id, streamer=streamer, max_time=max_time,
+                             stopping_criteria=StoppingCriteriaList([_AllRows(c) for c in stopping_criteria or []]),
                              **sampling)
     results = []
     stop = set(eos_token_ids)
@@ -36,3 +47,4 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_to
         n = next((i for i, t in enumerate(row) if t in stop), len(row))
         results.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
     return results
+

@@ -183,15 +183,18 @@ def create_app(engine: Engine, config: PipelineConfig) -> Flask:
                 "model": serving.model_name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }) + "\n\n"
 
-        yield chunk({"role": "assistant", "content": ""})
-        assert job.stream is not None
-        while (piece := job.stream.get()) is not None:
-            yield chunk({"content": piece})
-        if job.error:
-            yield "data: " + json.dumps(_error_body(504 if "deadline" in job.error else 500, job.error)) + "\n\n"
-        else:
-            yield chunk({}, job.finish_reason)
-        yield "data: [DONE]\n\n"
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            assert job.stream is not None
+            while (piece := job.stream.get()) is not None:
+                yield chunk({"content": piece})
+            if job.error:
+                yield "data: " + json.dumps(_error_body(504 if "deadline" in job.error else 500, job.error)) + "\n\n"
+            else:
+                yield chunk({}, job.finish_reason)
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or everything was sent): spend no more tokens on it
+            job.cancelled = not job.done.is_set()
 
     # --- helpers ----------------------------------------------------------------------------------------
 

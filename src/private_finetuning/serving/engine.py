@@ -69,6 +69,7 @@ class Request:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     error: str | None = None
+    cancelled: bool = False  # the client went away: stop spending tokens on it
 
     @property
     def sampling_key(self) -> tuple[float, float]:
@@ -89,9 +90,15 @@ class BatchStreamer:
         if not self.prompt_seen:  # the first call carries the prompts
             self.prompt_seen = True
             return
+        now = time.monotonic()
         for row, token in enumerate(value.reshape(-1).tolist()):
             request = self.requests[row]
             if self.finished[row]:
+                continue
+            if request.cancelled or request.deadline <= now:  # this row alone ends; the others go on
+                self.finished[row] = True
+                Engine.finish(request, error="cancelled by the client" if request.cancelled
+                              else "generation passed the request deadline")
                 continue
             if token in self.eos or len(self.tokens[row]) >= request.max_new_tokens:
                 self.finished[row] = True
@@ -106,6 +113,10 @@ class BatchStreamer:
 
     def end(self) -> None:
         pass
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+        """A stopping criterion too: the batch stops once every row has ended (EOS, length, deadline, cancel)."""
+        return all(self.finished)
 
 
 class Engine:
@@ -248,7 +259,7 @@ class Engine:
             live = []
             for request in batch:
                 if request.deadline <= now:
-                    self._finish(request, error="the request waited past its deadline")
+                    self.finish(request, error="the request waited past its deadline")
                 else:
                     live.append(request)
             groups: dict[tuple[float, float], list[Request]] = {}
@@ -260,7 +271,7 @@ class Engine:
                 except Exception as exc:
                     log.exception("generation failed for a batch of %d", len(group))
                     for request in group:
-                        self._finish(request, error=f"generation failed: {exc}")
+                        self.finish(request, error=f"generation failed: {exc}")
 
     def _generate(self, batch: list[Request]) -> None:
         from private_finetuning.generation import generate
@@ -270,24 +281,27 @@ class Engine:
         self.largest_batch = max(self.largest_batch, len(batch))
         temperature, top_p = batch[0].sampling_key
         streamer = BatchStreamer(batch, loaded.tokenizer, loaded.eos_token_ids)
-        budget = max(0.05, min(r.deadline for r in batch) - time.monotonic())
+        # The batch may run until its latest deadline: each request's own deadline ends its row alone.
+        budget = max(0.05, max(r.deadline for r in batch) - time.monotonic())
         with self.runtime.autocast():
             results = generate(loaded.model, loaded.tokenizer, [r.prompt_ids for r in batch],
                                max_new_tokens=max(r.max_new_tokens for r in batch),
                                eos_token_ids=loaded.eos_token_ids, device=self.runtime.device,
                                do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p,
-                               streamer=streamer, max_time=budget)
+                               streamer=streamer, max_time=budget, stopping_criteria=[streamer])
         for row, (request, _) in enumerate(zip(batch, results, strict=True)):
+            if request.done.is_set():  # ended early: past its deadline, or cancelled
+                continue
             tokens = streamer.tokens[row]
             request.text = loaded.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             request.completion_tokens = len(tokens)
             request.finish_reason = "stop" if streamer.finished[row] and len(tokens) < request.max_new_tokens \
                 else "length"
             self.generated_tokens += len(tokens)
-            self._finish(request)
+            self.finish(request)
 
     @staticmethod
-    def _finish(request: Request, error: str | None = None) -> None:
+    def finish(request: Request, error: str | None = None) -> None:
         request.error = error
         if request.stream is not None:
             request.stream.put(None)

@@ -16,6 +16,9 @@ from typing import Any
 from private_finetuning.stages.common import StageContext, run_stage
 
 STAGE = "model-inference-server"
+# Threads beyond what generation can hold (the batch and the queue): /health, /ready and /metrics
+# are answered by these even when every generation slot is taken.
+PROBE_THREADS = 8
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +26,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-tokenizer", required=True, type=Path, help="the base-tokenizer volume")
     parser.add_argument("--fine-tuned", required=True, type=Path, help="the fine-tuned-model volume")
     parser.add_argument("--bind", default="0.0.0.0:5000", help="address:port to listen on")
-    parser.add_argument("--threads", type=int, default=32, help="concurrent connections the worker handles")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="request threads of the worker (default: serving.queue_size + serving.max_batch_size + "
+                             f"{PROBE_THREADS}, so a full queue is answered 503 while probes always find a thread)")
 
 
 def build_app(ctx: StageContext) -> Any:
@@ -38,9 +43,12 @@ def build_app(ctx: StageContext) -> Any:
 def _run(ctx: StageContext) -> None:
     from gunicorn.app.base import BaseApplication
 
+    serving = ctx.config.serving
+    threads = ctx.args.threads or serving.queue_size + serving.max_batch_size + PROBE_THREADS
+
     class Server(BaseApplication):
         def load_config(self) -> None:
-            settings = {"bind": ctx.args.bind, "workers": 1, "worker_class": "gthread", "threads": ctx.args.threads,
+            settings = {"bind": ctx.args.bind, "workers": 1, "worker_class": "gthread", "threads": threads,
                         "timeout": 120, "graceful_timeout": 30, "keepalive": 5, "accesslog": None,
                         "errorlog": "-", "loglevel": "info",
                         # gunicorn's control socket lives under $HOME, which a read-only pod cannot write.
@@ -51,7 +59,7 @@ def _run(ctx: StageContext) -> None:
         def load(self) -> Any:  # runs in the worker process, so the model is loaded there, once
             return build_app(ctx)
 
-    ctx.log.info("serving on %s with gunicorn (1 worker, %d threads)", ctx.args.bind, ctx.args.threads)
+    ctx.log.info("serving on %s with gunicorn (1 worker, %d threads)", ctx.args.bind, threads)
     Server().run()
 
 
