@@ -438,11 +438,24 @@ def test_the_stage_serves_with_gunicorn_and_answers_every_printed_curl(tmp_path:
             assert run.returncode == 0 and run.stdout == "200", f"{command}: exit {run.returncode} {run.stderr}"
         statuses, probes = load_with_probes(f"http://127.0.0.1:{port}", clients=16, seconds=3.0)
         assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
-        assert probes and all(ok and took < 2.0 for ok, took in probes), max(took for _, took in probes)
+        # Answered within the probes' own timeoutSeconds, as the kubelet requires (2 cores shared with the load).
+        assert probes and all(ok and took < PROBE_TIMEOUT_S for ok, took in probes), max(t for _, t in probes)
     finally:
         server.terminate()
         output = server.communicate(timeout=60)[0]
     assert "gunicorn (1 worker, 48 threads)" in output  # queue 24 + batch 16 + 8 for the probes
+
+
+def probe_timeout_s() -> float:
+    """The inference Deployment's probe timeout, as the manifest sets it."""
+    import yaml
+
+    deployment = yaml.safe_load((REPO / "k8s" / "base" / "inference.yaml").read_text().split("\n---")[0])
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return min(container[probe]["timeoutSeconds"] for probe in ("livenessProbe", "readinessProbe"))
+
+
+PROBE_TIMEOUT_S = probe_timeout_s()
 
 
 def load_with_probes(url: str, clients: int, seconds: float) -> tuple[list[int], list[tuple[bool, float]]]:
@@ -469,7 +482,7 @@ def load_with_probes(url: str, clients: int, seconds: float) -> tuple[list[int],
             for path in ("/health", "/ready"):
                 start = time.monotonic()
                 try:
-                    with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
+                    with urllib.request.urlopen(f"{url}{path}", timeout=PROBE_TIMEOUT_S) as response:
                         probes.append((response.status == 200, time.monotonic() - start))
                 except OSError:
                     probes.append((False, time.monotonic() - start))
