@@ -84,7 +84,7 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
     runner.check(pods)
     controller = Controller(pods, state, runner, node or Node.this_machine())
     start = time.monotonic()
-    ok = False
+    ok, reason = False, "pipeline finished"
     try:
         with _signals(controller):
             try:
@@ -95,10 +95,10 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
                     ok = _serve(controller, then, question)
             except SignalReceived as why:
                 log.warning("%s: stopping every pod (each gets %d s)", why, STOP_GRACE_S)
-                controller.stop_all(f"interrupted ({why})", STOP_GRACE_S)
+                reason = f"interrupted ({why})"
                 raise KeyboardInterrupt from None
             finally:
-                controller.stop_all("pipeline finished", STOP_GRACE_S)
+                controller.stop_all(reason, STOP_GRACE_S)
     finally:
         runner.close()
     log.info("pipeline %s in %s", "succeeded" if ok else "FAILED", format_duration(time.monotonic() - start))

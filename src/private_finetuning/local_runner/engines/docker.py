@@ -159,6 +159,7 @@ class DockerContainer:
         self.inspect: dict = {}
         self._peak: int | None = None
         self._cgroup: tuple[Path, Path] | None = None
+        self._no_cgroup = False
 
     def poll(self) -> int | None:
         code = self.process.poll()
@@ -189,13 +190,16 @@ class DockerContainer:
         self.poll()
 
     def sample(self) -> None:
+        if self._no_cgroup:
+            return
         if self._cgroup is None:
             result = docker("inspect", "--format", "{{.State.Pid}}", self.name, check=False, timeout=10)
             pid = int(result.stdout.strip() or 0) if result.returncode == 0 else 0
             if pid <= 0:
-                return
+                return  # not started yet, or already gone
             self._cgroup = _cgroup_memory_files(pid)
             if self._cgroup is None:
+                self._no_cgroup = True  # not readable from here (a remote or rootless engine): stop asking
                 return
         used = _working_set(self._cgroup)
         if used is not None:
