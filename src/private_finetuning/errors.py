@@ -55,6 +55,12 @@ class ArtifactError(PipelineError):
     exit_code = EXIT_BAD_INPUT
 
 
+class ExportError(PipelineError):
+    """The model cannot be exported as asked (an architecture or vocabulary the format writer does not know)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class GateFailed(PipelineError):
     """An evaluation gate was not met: the adapter should not be promoted."""
 

@@ -30,9 +30,9 @@ from private_finetuning.artifacts import (
     ArtifactWriter,
 )
 from private_finetuning.chat import encode_for_training, encode_prompt, with_system
-from private_finetuning.data import jsonl
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
-from private_finetuning.errors import GateFailed, InputDataError, SourceError
+from private_finetuning.data.heldout import pick_questions
+from private_finetuning.errors import GateFailed, SourceError
 from private_finetuning.evaluation_metrics import (
     answer_log_probs,
     fact_accuracy,
@@ -71,18 +71,6 @@ def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
     if cfg.evaluation.include_reference:
         wanted.append(("reference", a.reference_model, REFERENCE_MODEL))
     return {key: wait_for_output(cfg, volume, output) for key, volume, output in wanted}
-
-
-def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
-    records = jsonl.read_records(path)
-    usable = [r for r in records if len(r["messages"]) >= 2 and r["messages"][-2]["role"] == "user"]
-    if not usable:
-        raise InputDataError(str(path), "no usable rows: the eval split needs records with a user question "
-                             "followed by the assistant's answer")
-    if samples and samples < len(usable):
-        step = len(usable) / samples  # evenly across the split, so every fact type is represented
-        usable = [usable[int(i * step)] for i in range(samples)]
-    return usable
 
 
 def load(kind: str, inputs: dict[str, Artifact], device: str) -> tuple[Any, Any, list[int]]:

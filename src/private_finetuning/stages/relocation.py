@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ def write_tokenizer(log: logging.Logger, source: ResolvedSource, fallback_templa
     tokenizer = load_tokenizer(source)
     template_origin = apply_fallback_template(tokenizer, fallback_template, template_key)
     tokenizer.save_pretrained(folder)
+    if source.gguf_file:
+        _record_gguf_tokenizer_keys(source.path, folder)
     eot = end_of_turn_ids(tokenizer, None if template_origin == "from source" else fallback_template)
     return tokenizer, {
         "tokenizer_class": type(tokenizer).__name__,
@@ -55,3 +58,17 @@ def write_tokenizer(log: logging.Logger, source: ResolvedSource, fallback_templa
         "pad_token": tokenizer.pad_token,
         "end_of_turn_ids": eot,
     }
+
+
+def _record_gguf_tokenizer_keys(gguf_path: Path, folder: Path) -> None:
+    """Keep the source GGUF's scalar ``tokenizer.ggml.*`` keys (llama.cpp's pre-tokenizer name above all),
+    which transformers drops on load, so that a GGUF export can write them back (``gguf_tokenizer.json``)."""
+    import gguf
+
+    reader = gguf.GGUFReader(gguf_path)
+    keys = {}
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and len(field.types) == 1:  # scalars and strings, not the arrays
+            value = field.contents()
+            keys[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+    (folder / "gguf_tokenizer.json").write_text(json.dumps(keys, indent=2, sort_keys=True) + "\n", encoding="utf-8")

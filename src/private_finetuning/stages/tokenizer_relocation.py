@@ -29,7 +29,7 @@ def _run(ctx: StageContext) -> None:
             return display_name(source), source.description, metadata
 
         relocate(ctx, volume=ctx.args.output, artifact=ARTIFACT, kind=KIND,
-                 fp=fingerprint(KIND, source.fingerprint, cfg.chat_template), write=write)
+                 fp=fingerprint(KIND, source.fingerprint, cfg.chat_template, "gguf-tokenizer-keys"), write=write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,23 @@
+"""The held-out questions a stage asks a model: the evaluation's, and the export's round-trip check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from private_finetuning.data import jsonl
+from private_finetuning.errors import InputDataError
+
+
+def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
+    """``samples`` records of an eval split (0: all) that end on a user question and its answer,
+    taken evenly across the split so every fact type is represented."""
+    records = jsonl.read_records(path)
+    usable = [r for r in records if len(r["messages"]) >= 2 and r["messages"][-2]["role"] == "user"]
+    if not usable:
+        raise InputDataError(str(path), "no usable rows: the eval split needs records with a user question "
+                             "followed by the assistant's answer")
+    if samples and samples < len(usable):
+        step = len(usable) / samples
+        usable = [usable[int(i * step)] for i in range(samples)]
+    return usable
