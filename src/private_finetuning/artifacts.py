@@ -395,6 +395,7 @@ REFERENCE_MODEL = Output("model", "reference-model", "model-reference-relocation
 ADAPTER = Output("adapter", "lora-adapter", "model-peft-server")
 EVALUATION = Output("evaluation", "evaluation-report", "model-evaluation-server")
 PROMOTION = Output("promotion", "promotion", "model-evaluation-server")
+EXPORT = Output("export", "model-export", "model-export-server")
 
 
 def human_size(size: float) -> str:

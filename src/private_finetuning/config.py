@@ -304,6 +304,32 @@ class ServingConfig:
 
 
 @dataclass
+class ExportConfig:
+    """model-export-server: what it writes for the promoted adapter (docs/export.md)."""
+
+    enabled: bool = True
+    # The merged model's safetensors dtype; float16 makes the f16 GGUF hold the very same weights.
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    # GGUF files to write (Llama-family models): f16 and/or q8_0; [] writes none (and no Modelfile).
+    gguf: list[str] = field(default_factory=lambda: ["f16", "q8_0"])
+    # The GGUF the Ollama Modelfile points at (one of `gguf`).
+    ollama_gguf: str = "q8_0"
+    # Held-out questions answered by the merged model and every GGUF before publishing (0: all).
+    check_questions: int = 16
+    # The most answers of the f16 GGUF allowed to differ from the merged model's (0: exact).
+    max_f16_differences: int = 0
+
+    def check(self, where: str) -> None:
+        _require(self, where, non_negative=("check_questions", "max_f16_differences"),
+                 at_most={"check_questions": 100_000, "max_f16_differences": 100_000})
+        unknown = [t for t in self.gguf if t not in ("f16", "q8_0")]
+        if unknown or len(set(self.gguf)) != len(self.gguf):
+            raise ConfigError(f"{where}.gguf: {self.gguf!r}; give each of f16, q8_0 at most once")
+        if self.gguf and self.ollama_gguf not in self.gguf:
+            raise ConfigError(f"{where}.ollama_gguf: {self.ollama_gguf!r} is not one of gguf {self.gguf!r}")
+
+
+@dataclass
 class ArtifactsConfig:
     # How long a stage waits for each input artifact before it fails (the Job may retry).
     wait_timeout_s: float = 1800.0
@@ -327,6 +353,7 @@ class PipelineConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     # Directory that relative paths in this file are resolved against (not a YAML key).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})

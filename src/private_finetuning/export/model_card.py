@@ -1,0 +1,131 @@
+"""The model card (``README.md``) of an export: what the model is, never what the data says.
+
+Built with ``huggingface_hub``'s ``ModelCardData`` (the YAML header tools read) offline. It names
+the base model and the dataset by name and digest only: no row, question or answer of the private
+data is written here (the evaluation report on the volume has the side-by-side answers).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _evaluation_table(report: dict[str, Any]) -> list[str]:
+    rows = ["| model | fact accuracy | ROUGE-L | answer perplexity | general-text perplexity |",
+            "|---|---|---|---|---|"]
+    for kind, m in report.get("metrics", {}).items():
+        rows.append(f"| {kind.replace('_', '-')} | {_pct(m.get('fact_accuracy'))} | {_num(m.get('rouge_l'))} | "
+                    f"{_num(m.get('answer_perplexity'))} | {_num(m.get('general_perplexity'))} |")
+    forgetting = report.get("forgetting", {})
+    rows += ["", f"Forgetting on general text: KL {_num(forgetting.get('kl'), 3)} nats, perplexity "
+                 f"{_pct(forgetting.get('general_perplexity_increase'))} higher than the base model's."]
+    gates = report.get("gates") or []
+    rows.append("")
+    verdicts = [f"{g['gate']} {'passed' if g['passed'] else 'FAILED'} ({_num(g.get('value'), 3)} vs "
+                f"{g.get('threshold')})" for g in gates]
+    rows.append("Gates: " + ("; ".join(verdicts) if verdicts else "none configured."))
+    return rows
+
+
+def _export_checks(roundtrip: dict[str, Any]) -> list[str]:
+    if roundtrip.get("gguf_skipped"):
+        return [f"- No GGUF was written: {roundtrip['gguf_skipped']}."]
+    n, lines = roundtrip.get("questions"), []
+    if "f16_equal" in roundtrip:
+        lines.append(f"- GGUF F16 loaded with `transformers` (`gguf_file=`): {roundtrip['f16_equal']}/{n} greedy "
+                     "answers to held-out questions equal to the merged model's.")
+    if roundtrip.get("quantized_type"):
+        lines.append(f"- GGUF {roundtrip['quantized_type'].upper()}: {roundtrip['quantized_equal']}/{n} answers equal "
+                     f"to the merged model's; fact accuracy {_pct(roundtrip.get('quantized_fact_accuracy'))} against "
+                     f"{_pct(roundtrip.get('merged_fact_accuracy'))}.")
+    return lines
+
+
+def card_data(*, name: str, base: dict[str, Any], dataset: dict[str, Any], report: dict[str, Any]) -> Any:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    accuracy = report.get("metrics", {}).get("fine_tuned", {}).get("fact_accuracy")
+    results = [EvalResult(task_type="text-generation", dataset_type="private", dataset_name=dataset["name"],
+                          dataset_split="held-out", metric_type="accuracy", metric_name="fact accuracy",
+                          metric_value=round(accuracy, 4))] if accuracy is not None else None
+    return ModelCardData(model_name=name, base_model=base["name"], library_name="transformers",
+                         pipeline_tag="text-generation", eval_results=results,
+                         tags=["private-fine-tuning", "lora", "merged", "gguf"])
+
+
+def render(*, name: str, base: dict[str, Any], dataset: dict[str, Any], adapter: dict[str, Any],
+           training: dict[str, Any], report: dict[str, Any], promotion: dict[str, Any],
+           files: dict[str, str], roundtrip: dict[str, Any]) -> str:
+    """The card's Markdown, YAML header included."""
+    from huggingface_hub import ModelCard
+
+    data = card_data(name=name, base=base, dataset=dataset, report=report)
+    run = training.get("training", {})
+    lora = run.get("lora", {})
+    body = [
+        f"# {name}",
+        "",
+        f"A LoRA fine-tune of **{base['name']}** on the private dataset **{dataset['name']}**, merged into the "
+        "base weights. Trained, evaluated and exported by Private Fine-Tuning inside the owner's Kubernetes "
+        "cluster: the dataset, the base model and the adapter never left it, and this card holds no record of "
+        "the data (names and digests only).",
+        "",
+        "## Provenance",
+        "",
+        "| what | name | sha256 digest (artifact manifest) |",
+        "|---|---|---|",
+        f"| base model | {base['name']} | `{base['digest']}` |",
+        f"| dataset | {dataset['name']} | `{dataset['digest']}` |",
+        f"| LoRA adapter | {adapter['name']} | `{adapter['digest']}` |",
+        "",
+        f"Promoted by {promotion.get('promoted_by')} at {promotion.get('promoted_at')}: {promotion.get('reason')}.",
+        "",
+        "## Training",
+        "",
+        f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, on "
+        f"{', '.join(lora.get('target_modules', []))}; learning rate {run.get('learning_rate')} "
+        f"({run.get('lr_scheduler')}), {adapter.get('steps')} steps, batch {run.get('batch_size')}, max sequence "
+        f"{run.get('max_seq_len')} tokens, on {adapter.get('device')}.",
+        "",
+        "The system prompt it was trained with (use it, the answers depend on it):",
+        "",
+        "```text",
+        training.get("system_prompt", ""),
+        "```",
+        "",
+        "## Evaluation (held-out questions, greedy decoding)",
+        "",
+        *_evaluation_table(report),
+        "",
+        "## Files",
+        "",
+        *[f"- `{path}`: {what}" for path, what in files.items()],
+        "",
+        "## Export checks",
+        "",
+        *_export_checks(roundtrip),
+        "",
+        "## Limitations",
+        "",
+        "- A small model taught a company's facts: it can still state a wrong fact with confidence, above all for "
+        "questions unlike the training data. Check answers that matter against the source.",
+        "- It knows the data as of the dataset digest above; facts changed since are not in it.",
+        "- Evaluation covers the held-out questions of the same dataset, not a general benchmark; the forgetting "
+        "numbers above are the measure of what it lost in general ability.",
+        "",
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(run, indent=2, sort_keys=True),
+        "```",
+    ]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"))
