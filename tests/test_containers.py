@@ -1,6 +1,6 @@
 """The pipeline run from its real images, as a kubelet would run each pod (`make test-containers`).
 
-Skipped in `make test`: scripts/test-containers.sh builds the eight images first and sets
+Skipped in `make test`: scripts/test-containers.sh builds the nine images first and sets
 PFT_CONTAINER_TESTS=1. The run is the embedded default with a short training, on a 4-CPU / 8 GiB node.
 """
 
@@ -30,6 +30,7 @@ FAST = {
     "dataset": {"source": {"size": "tiny"}},
     "training": {"max_steps": 3, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50},
     "evaluation": {"samples": 4, "max_new_tokens": 8},
+    "export": {"check_questions": 4},
 }
 
 
@@ -71,6 +72,8 @@ def test_the_pipeline_runs_from_its_images_and_answers_through_the_published_por
     assert adapter.manifest.metadata["steps"] == 3
     open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report")
     open_artifact(volumes / "reference-model", "model", "reference-model")
+    export = open_artifact(volumes / "exports", "export", "model-export")
+    assert export.manifest.metadata["round_trip"]["f16_equal"] == export.manifest.metadata["round_trip"]["questions"]
     assert "CORRUPT" not in result.stdout
 
 
@@ -78,7 +81,7 @@ def test_every_container_ran_locked_down_and_none_was_oom_killed(pipeline: tuple
     _, _, attempts = pipeline
     pods = {a["pod"] for a in attempts}
     assert pods == {"dataset-relocation", "model-relocation", "tokenizer-relocation", "model-reference-relocation",
-                    "model-peft", "model-evaluation", "model-inference", "tensorboard"}
+                    "model-peft", "model-evaluation", "model-export", "model-inference", "tensorboard"}
     for attempt in attempts:
         assert attempt["user"] == "10001:10001", attempt  # never root
         assert attempt["oom_killed"] is False and attempt["reason"] != "OOMKilled", attempt

@@ -130,6 +130,7 @@ FAST_PIPELINE = {
     "dataset": {"source": {"size": "tiny"}},
     "training": {"max_steps": 3, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50},
     "evaluation": {"samples": 4, "max_new_tokens": 8},
+    "export": {"check_questions": 4},
 }
 
 
@@ -163,6 +164,11 @@ def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: 
     report = open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report")
     assert report.manifest.source["adapter"]["digest"] == adapter.manifest.digest
     assert set(report.manifest.metadata["fact_accuracy"]) == {"base", "fine_tuned", "reference"}
+    export = open_artifact(volumes / "exports", "export", "model-export")
+    assert export.manifest.source["adapter"]["digest"] == adapter.manifest.digest
+    assert export.manifest.metadata["gguf"] == ["acmehotels-assistant-f16.gguf", "acmehotels-assistant-q8_0.gguf"]
+    assert export.manifest.metadata["round_trip"]["f16_equal"] == 4  # SmolLM2 through GGUF answers as merged
+    assert '"tokenizer.ggml.pre": "smollm"' in tokenizer.file("gguf_tokenizer.json").read_text()
     assert "verified" in result.stdout and "CORRUPT" not in result.stdout
 
 
@@ -215,5 +221,5 @@ def test_rerun_is_a_no_op(default_pipeline: tuple) -> None:
     before = {p: p.resolve() for p in volumes.glob("*/*/current")}
     again = pft("run", "--state-dir", str(state / "state"), "--config", str(state / "fast.yaml"), "--then", "exit")
     assert again.returncode == 0
-    assert again.stdout.count("nothing to do") == 7  # six artifacts, and the promotion
+    assert again.stdout.count("nothing to do") == 8  # seven artifacts (the export too), and the promotion
     assert {p: p.resolve() for p in volumes.glob("*/*/current")} == before

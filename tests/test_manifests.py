@@ -56,7 +56,7 @@ def test_schema_validation_catches_a_typo(rendered: list[dict]) -> None:
 
 def test_expected_volumes_and_config(rendered: list[dict]) -> None:
     claims = {o["metadata"]["name"] for o in rendered if o["kind"] == "PersistentVolumeClaim"}
-    assert claims == {"datasets", "base-model", "base-tokenizer", "reference-model", "fine-tuned-model"}
+    assert claims == {"datasets", "base-model", "base-tokenizer", "reference-model", "fine-tuned-model", "exports"}
     config_maps = [o for o in rendered if o["kind"] == "ConfigMap"]
     assert any("pipeline.yaml" in c.get("data", {}) for c in config_maps)
     assert {o["metadata"]["namespace"] for o in rendered if o["kind"] != "Namespace"} == {"private-fine-tuning"}
@@ -79,6 +79,12 @@ def test_operations_jobs_validate_are_hardened_and_run_a_pft_command() -> None:
     for path in sorted((REPO / "k8s" / "operations").glob("*.yaml")):
         job = yaml.safe_load(path.read_text())
         kubernetes_validate.validate({**job, "metadata": {**job["metadata"], "name": "x"}}, K8S_VERSION, strict=True)
+        if job["kind"] == "Pod":  # the exports reader: only hardened, it runs nothing of ours
+            assert_hardened({"kind": "Job", "metadata": job["metadata"],
+                             "spec": {"template": {"metadata": job["metadata"], "spec": job["spec"]}}})
+            assert {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["volumes"]
+                    if "persistentVolumeClaim" in v} == {"exports": "exports"}
+            continue
         assert_hardened(job)
         container = job["spec"]["template"]["spec"]["containers"][0]
         assert (REPO / "components" / container["image"]).is_dir()

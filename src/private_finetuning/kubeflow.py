@@ -19,6 +19,7 @@ from private_finetuning.manifests import APP_DIR, render
 DEPENDS_ON = {
     "model-peft": ("dataset-relocation", "model-relocation", "tokenizer-relocation"),
     "model-evaluation": ("model-peft", "model-reference-relocation"),
+    "model-export": ("model-evaluation",),
 }
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -151,8 +152,11 @@ class Controller:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def run(self) -> bool:
-        """Create every workload; return once every Job has finished (Deployments keep running)."""
+    def run(self, on_tick: Callable[[], None] | None = None) -> bool:
+        """Create every workload; return once every Job has finished (Deployments keep running).
+
+        ``on_tick`` is called on every pass, e.g. to ask the inference server its first question as
+        soon as it is ready while later Jobs (the export) still run."""
         log.info("creating %d jobs and %d deployments together, as a cluster would, on a node of %s (%s engine)",
                  len(self.jobs), len(self.services), self.node, self.engine.name)
         while any(r.status in ("pending", "running") for r in self.jobs):
@@ -161,6 +165,8 @@ class Controller:
             for run in [r for r in self.jobs if r.status in ("pending", "running")]:
                 self._check_job(run)
             self.keep_services_up()
+            if on_tick is not None:
+                on_tick()
             time.sleep(self.poll_s)
         ok = all(r.status == "succeeded" for r in self.jobs)
         if not ok:

@@ -88,11 +88,12 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
     try:
         with _signals(controller):
             try:
-                ok = controller.run()
+                first = FirstAnswer(controller, question, start)
+                ok = controller.run(on_tick=first.poll if then != "exit" else None)
                 print(summary(controller), flush=True)
                 log.info("jobs %s in %s", "succeeded" if ok else "FAILED", format_duration(time.monotonic() - start))
                 if ok and controller.services and then != "exit":
-                    ok = _serve(controller, then, question)
+                    ok = _serve(controller, then, first)
             except SignalReceived as why:
                 log.warning("%s: stopping every pod (each gets %d s)", why, STOP_GRACE_S)
                 reason = f"interrupted ({why})"
@@ -105,6 +106,15 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
     return ok
 
 
+def _ready(run: object) -> bool:
+    path, port = run.pod.readiness  # type: ignore[attr-defined]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def wait_ready(controller: Controller, timeout_s: float = 600) -> bool:
     """Poll each Deployment's readiness probe, as the kubelet would, until all answer 200."""
     deadline = time.monotonic() + timeout_s
@@ -112,35 +122,58 @@ def wait_ready(controller: Controller, timeout_s: float = 600) -> bool:
     while pending and time.monotonic() < deadline:
         controller.tick()
         for run in list(pending):
-            path, port = run.pod.readiness  # type: ignore[misc]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-                    if response.status == 200:
-                        log.info("%s is ready on http://127.0.0.1:%d", run.pod.name, port)
-                        pending.remove(run)
-            except (urllib.error.URLError, OSError):
-                pass
+            if _ready(run):
+                log.info("%s is ready on http://127.0.0.1:%d", run.pod.name, run.pod.readiness[1])
+                pending.remove(run)
         if any(r.status == "failed" for r in controller.services):
             return False
         time.sleep(1)
     return not pending
 
 
-def _serve(controller: Controller, then: str, question: str) -> bool:
-    if not wait_ready(controller):
-        log.error("the inference server did not become ready; see %s", controller.state / "logs")
-        return False
-    inference = [r for r in controller.services if r.pod.image_name == INFERENCE_IMAGE and r.pod.readiness]
-    if not inference:
-        log.warning("no %s Deployment in this overlay: nothing to ask", INFERENCE_IMAGE)
-        return True
-    port = inference[0].pod.readiness[1]  # type: ignore[index]
-    answer = ask(port, question)
-    print(f"\nPOST /prompt {question!r}\n-> {answer}\n", flush=True)
+class FirstAnswer:
+    """Asks the inference server the first question as soon as it is ready, while later Jobs still run,
+    as a user with `skaffold run --port-forward` could: the export does not delay the first answer."""
+
+    def __init__(self, controller: Controller, question: str, start: float):
+        self.controller, self.question, self.start = controller, question, start
+        self.answer: str | None = None
+        self.next_check = 0.0
+
+    @property
+    def inference(self) -> list:
+        return [r for r in self.controller.services if r.pod.image_name == INFERENCE_IMAGE and r.pod.readiness]
+
+    def poll(self) -> None:
+        if self.answer is not None or time.monotonic() < self.next_check or not self.inference:
+            return
+        self.next_check = time.monotonic() + 2
+        run = self.inference[0]
+        if run.status == "running" and _ready(run):
+            log.info("%s is ready on http://127.0.0.1:%d", run.pod.name, run.pod.readiness[1])
+            self.ask()
+
+    def ask(self) -> None:
+        port = self.inference[0].pod.readiness[1]
+        self.answer = ask(port, self.question)
+        print(f"\nPOST /prompt {self.question!r}\n-> {self.answer}\n(the first answer, "
+              f"{format_duration(time.monotonic() - self.start)} after the start)\n", flush=True)
+
+
+def _serve(controller: Controller, then: str, first: FirstAnswer) -> bool:
+    if first.answer is None:
+        if not wait_ready(controller):
+            log.error("the inference server did not become ready; see %s", controller.state / "logs")
+            return False
+        if not first.inference:
+            log.warning("no %s Deployment in this overlay: nothing to ask", INFERENCE_IMAGE)
+            return True
+        first.ask()
+    port = first.inference[0].pod.readiness[1]  # type: ignore[index]
     if then == "serve":
         others = [f"{r.pod.name} on http://localhost:{r.pod.readiness[1]}/" for r in controller.services
-                  if r.pod.readiness and r not in inference]
-        print(f"Serving on http://localhost:{port}/ - try:\n  {curl_command(port, question)}\n"
+                  if r.pod.readiness and r not in first.inference]
+        print(f"Serving on http://localhost:{port}/ - try:\n  {curl_command(port, first.question)}\n"
               + "".join(f"Also: {o}\n" for o in others) + "Press Ctrl-C to stop.", flush=True)
         while all(r.status == "running" for r in controller.services):
             time.sleep(1)
