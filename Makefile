@@ -25,7 +25,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# Builds the eight images and runs the pipeline from them with `pft run --engine docker` on a
+# Builds the nine images and runs the pipeline from them with `pft run --engine docker` on a
 # 4-CPU / 8 GiB node; starts (and stops) a Docker engine if none is running. docs/containers.md.
 test-containers: $(STAMP)
 	PYTHON=$(BIN)/python scripts/test-containers.sh
