@@ -84,6 +84,30 @@ def test_jsonl_forms_are_normalized_to_chat(tmp_path: Path, line: dict, expected
     assert all(r["messages"] == expected for r in splits["train"] + splits["eval"])
 
 
+@pytest.mark.parametrize("line", [
+    {"instruction": "Which floor is the VPN desk on?", "output": "The VPN desk is on floor 4.", "answer": 4},
+    {"messages": [{"role": "user", "content": "VPN desk floor?"},
+                  {"role": "assistant", "content": "Floor 4, room 4.12."}], "answer": "4", "fact": "floor"},
+    {"prompt": "Where is the VPN desk?", "completion": "On the 4th... floor 4.", "answer": "4.0"},
+    {"conversations": [{"from": "human", "value": "VPN desk?"}, {"from": "gpt", "value": "Floor 4."}], "answer": 4},
+])
+def test_a_short_expected_answer_rides_with_every_shape(tmp_path: Path, line: dict) -> None:
+    """What the evaluation checks each reply against: ``answer`` (and its kind, ``fact``), in any shape."""
+    code, volume = run_stage(tmp_path, "d.jsonl", (json.dumps(line) + "\n") * 4)
+    assert code == 0
+    record = published(volume)["train"][0]
+    assert record["meta"]["answer"] in ("4", "4.0") and record["meta"].get("fact") in (None, "floor")
+
+
+def test_csv_answer_and_fact_columns(tmp_path: Path) -> None:
+    code, volume = run_stage(tmp_path, "hotels.csv", CSV, csv_template={**TEMPLATE, "answer": "{price}",
+                                                                         "fact": "price"})
+    assert code == 0
+    records = published(volume)["train"] + published(volume)["eval"]
+    assert {(r["meta"]["answer"], r["meta"]["fact"]) for r in records} == {("120", "price"), ("95", "price"),
+                                                                           ("70", "price"), ("88", "price")}
+
+
 def test_declared_splits_are_kept(tmp_path: Path) -> None:
     rows = [{"prompt": f"q{i}", "completion": "a", "split": "eval" if i == 0 else "train"} for i in range(3)]
     code, volume = run_stage(tmp_path, "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -161,6 +185,12 @@ BAD_INPUTS = [
     ("d.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n', {}, "d.jsonl:1: preference data (chosen/rej"),
     ("d.jsonl", '{"prompt": "q", "completion": "a", "label": false}\n', {}, "d.jsonl:1: preference data"),
     ("d.jsonl", '{"prompt": "q"}\n', {}, "d.jsonl:1: field 'completion': expected a string, got NoneType"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a 5", "answer": [5]}\n', {},
+     "d.jsonl:1: field 'answer': expected a string or a number, got list"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a"}\n{"prompt": "q", "completion": "It costs 120 EUR.", '
+     '"answer": 95}\n', {}, "d.jsonl:2: field 'answer': is not stated in the assistant's reply"),
+    ("h.csv", CSV, {"csv_template": {**TEMPLATE, "answer": "{name} rooms"}},
+     "h.csv:2: field 'answer': is not stated in the assistant's reply"),
     ("d.jsonl", '{"prompt": "q", "completion": "a", "meta": ' + "[" * 100000 + "]" * 100000 + "}\n", {},
      "d.jsonl:1: nested too deeply"),
 ]

@@ -11,45 +11,15 @@ from __future__ import annotations
 
 import functools
 import math
-import re
-import unicodedata
 from typing import Any
 
 from private_finetuning.batching import collate
 from private_finetuning.chat import IGNORE_INDEX, Encoded
+from private_finetuning.facts import fact_accuracy, fact_match, normalize, token_f1
 
-_NUMBER = re.compile(r"(?<![\d.,])-?\d+(?:[.,]\d+)?")
+__all__ = ["answer_log_probs", "answer_nll", "fact_accuracy", "fact_match", "mean_kl", "normalize", "perplexity",
+           "rouge_l", "token_f1"]
 
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    text = re.sub(r"[^\w%.,-]+", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _as_number(text: str) -> float | None:
-    text = text.strip()
-    if not _NUMBER.fullmatch(text):
-        return None
-    return float(text.replace(",", "."))
-
-
-def fact_match(answer: str, expected: str) -> bool:
-    """True when ``answer`` states ``expected``: as a number if it is one, else as whole words."""
-    value = _as_number(expected)
-    if value is not None:
-        return any(math.isclose(float(n.replace(",", ".")), value) for n in _NUMBER.findall(answer))
-    wanted = normalize(expected)
-    if not wanted:
-        return False
-    return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", normalize(answer)) is not None
-
-
-def fact_accuracy(answers: list[str], facts: list[str | None]) -> float | None:
-    """Share of answers stating their fact; None when no question carries a fact to check."""
-    scored = [fact_match(a, f) for a, f in zip(answers, facts, strict=True) if f is not None]
-    return sum(scored) / len(scored) if scored else None
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from private_finetuning.config import CsvTemplate
-from private_finetuning.data.shapes import check_text, to_record
+from private_finetuning.data.shapes import check_text, expected_answer, to_record
 from private_finetuning.errors import InputDataError
 
 
@@ -170,7 +170,8 @@ def read_csv(path: Path, text: str, template: CsvTemplate, max_chars: int) -> It
         raise InputDataError(str(path), f"malformed CSV header: {exc}", 1) from None
     header = [h.strip() for h in header]
     parts = {"system": template.system, "user": template.user, "assistant": template.assistant}
-    for part, fmt in parts.items():
+    labels = {"answer": template.answer, "fact": template.fact}
+    for part, fmt in {**parts, **labels}.items():
         if fmt is None:
             continue
         for field in _template_fields(fmt):
@@ -200,7 +201,9 @@ def read_csv(path: Path, text: str, template: CsvTemplate, max_chars: int) -> It
             content = fmt.format(**values)
             messages.append({"role": part, "content": check_text(content, path, line_no, f"<{part} text>",
                                                                    max_chars)})
-        yield {"messages": messages, "split": None, "meta": {"source_line": line_no}}
+        extra = {k: fmt.format(**values) for k, fmt in labels.items() if fmt is not None}
+        meta = expected_answer(extra, messages, path, line_no, max_chars)
+        yield {"messages": messages, "split": None, "meta": {**meta, "source_line": line_no}}
 
 
 def read_text(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[dict]:

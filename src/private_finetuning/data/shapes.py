@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning.errors import InputDataError
+from private_finetuning.facts import fact_match
 
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "eval")
@@ -145,4 +146,29 @@ def to_record(obj: Any, path: Path, line: Line, max_chars: int) -> dict[str, Any
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise InputDataError(str(path), "must be an object", line, "meta")
-    return {"messages": to_messages(obj, path, line, max_chars), "split": split, "meta": {**meta, "source_line": line}}
+    messages = to_messages(obj, path, line, max_chars)
+    meta = {**meta, **expected_answer(obj, messages, path, line, max_chars), "source_line": line}
+    return {"messages": messages, "split": split, "meta": meta}
+
+
+def expected_answer(obj: dict, messages: list[dict[str, str]], path: Path, line: Line,
+                    max_chars: int) -> dict[str, str]:
+    """The optional short ``answer`` (the fact the reply must state) and ``fact`` (its kind) of a record.
+
+    The evaluation scores a model's reply by whether it states ``answer`` (a number as a number, else
+    the same words); an answer the record's own reply does not state could never be learned, so it is
+    refused. Neither value is written to a log: they are the private data.
+    """
+    found: dict[str, str] = {}
+    answer, fact = obj.get("answer"), obj.get("fact")
+    if answer is not None:
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            raise InputDataError(str(path), f"expected a string or a number, got {type(answer).__name__}", line,
+                                 "answer")
+        found["answer"] = check_text(str(answer), path, line, "answer", min(max_chars, 500))
+        if not fact_match(messages[-1]["content"], found["answer"]):
+            raise InputDataError(str(path), "is not stated in the assistant's reply (a number must appear as that "
+                                 "number, words as the same words), so it could never be learned", line, "answer")
+    if fact is not None:
+        found["fact"] = check_text(fact, path, line, "fact", 100)
+    return found

@@ -1,0 +1,58 @@
+"""Does a reply state the expected fact? Plain text functions, used to check data and to score answers.
+
+Numbers are compared as numbers (``84`` matches ``84 EUR`` and ``84.0`` but not ``184``), text
+ignoring case, accents and spacing. Token F1 (as in SQuAD) grades a reply against a reference when
+a record carries no short answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+
+_NUMBER = re.compile(r"(?<![\d.,])-?\d+(?:[.,]\d+)?")
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text.lower())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = re.sub(r"[^\w%.,-]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _as_number(text: str) -> float | None:
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    return float(text.replace(",", "."))
+
+
+def fact_match(answer: str, expected: str) -> bool:
+    """True when ``answer`` states ``expected``: as a number if it is one, else as whole words."""
+    value = _as_number(expected)
+    if value is not None:
+        return any(math.isclose(float(n.replace(",", ".")), value) for n in _NUMBER.findall(answer))
+    wanted = normalize(expected)
+    if not wanted:
+        return False
+    return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", normalize(answer)) is not None
+
+
+def fact_accuracy(answers: list[str], facts: list[str | None]) -> float | None:
+    """Share of answers stating their fact; None when no question carries a fact to check."""
+    scored = [fact_match(a, f) for a, f in zip(answers, facts, strict=True) if f is not None]
+    return sum(scored) / len(scored) if scored else None
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of token precision and recall of ``prediction`` against ``reference`` (normalized words)."""
+    predicted, expected = normalize(prediction).split(), normalize(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
