@@ -17,7 +17,14 @@ from private_finetuning import promotion
 from private_finetuning.artifacts import ArtifactWriter, open_artifact
 from private_finetuning.chat import IGNORE_INDEX, Encoded
 from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INPUT_TIMEOUT
-from private_finetuning.evaluation_metrics import fact_accuracy, fact_match, mean_kl, perplexity, rouge_l
+from private_finetuning.evaluation_metrics import (
+    fact_accuracy,
+    fact_match,
+    mean_kl,
+    perplexity,
+    rouge_l,
+    token_f1,
+)
 from private_finetuning.stages import evaluation, peft_training, reference_relocation
 
 # --- metrics on hand-made cases ------------------------------------------------------------------------
@@ -45,6 +52,12 @@ def test_fact_accuracy_zero_one_and_not_applicable() -> None:
     assert fact_accuracy(["costs 85 EUR", "a 5-star place"], ["84", "4"]) == 0.0
     assert fact_accuracy(["costs 84 EUR", "a 5-star place"], ["84", "4"]) == 0.5
     assert fact_accuracy(["anything"], [None]) is None
+
+
+def test_token_f1_known_values() -> None:
+    assert token_f1("The rating is 9.2", "the rating is 9.2") == 1.0
+    assert token_f1("rating 9.8", "rating 9.2") == 0.5
+    assert token_f1("", "x") == 0.0 and token_f1("", "") == 1.0
 
 
 def test_rouge_l_known_values() -> None:
@@ -123,7 +136,14 @@ def test_report_files_tensorboard_and_idempotence(tmp_path: Path, volumes: dict[
     assert report["forgetting"]["kl"] >= 0 and len(report["side_by_side"]) == 2
     assert report["models"]["fine_tuned"]["digest"] == open_artifact(out, "adapter", "lora-adapter").manifest.digest
     markdown = artifact.file("report.md").read_text()
-    assert "| fact accuracy |" in markdown and "## Forgetting" in markdown and "## Side by side" in markdown
+    assert "| fact accuracy, held-out |" in markdown and "## Forgetting" in markdown and "## Side by side" in markdown
+    assert "| fact accuracy, trained questions |" in markdown  # what was taught, beside what was held out
+    for kind in ("base", "fine_tuned"):
+        trained = report["metrics"][kind]["trained"]
+        assert 0.0 <= trained["fact_accuracy"] <= 1.0 and 0.0 <= trained["token_f1"] <= 1.0
+    assert "trained" not in report["metrics"]["reference"]
+    for wrong in report["wrong_answers"]:  # a tiny random model gets them wrong: each is listed with its fact
+        assert wrong["set"] in ("held-out", "trained") and f"| {wrong['answer']} |" in markdown
     plots = sorted(f.path for f in artifact.manifest.files if f.path.startswith("plots/"))
     assert plots == ["plots/fact_accuracy.png", "plots/fact_accuracy_by_fact.png", "plots/forgetting.png",
                      "plots/loss.png"]  # listed in the manifest, so verified like every file

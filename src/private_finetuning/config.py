@@ -100,12 +100,15 @@ class CsvTemplate:
     user: str = ""
     assistant: str = ""
     system: str | None = None
+    # The short fact the reply states, e.g. "{rating}", and its kind, e.g. "rating" (docs/data.md).
+    answer: str | None = None
+    fact: str | None = None
 
     def check(self, where: str) -> None:
         for name in ("user", "assistant"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"{where}.{name}: required, a format string such as '{{question}}'")
-        for name in ("system", "user", "assistant"):
+        for name in ("system", "user", "assistant", "answer", "fact"):
             template = getattr(self, name)
             if template is not None:
                 _check_template(template, f"{where}.{name}")
@@ -205,8 +208,11 @@ class TrainingConfig:
     learning_rate: float = 2e-3
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 10
+    # How long to train (src/private_finetuning/schedule.py): `epochs` passes over the data, at least
+    # `min_steps` optimizer steps, at most what fits `time_budget_s` here; `max_steps` overrides all three.
     epochs: int = 3
-    # When set, stop after this many optimizer steps instead of after `epochs`.
+    min_steps: int = 150
+    time_budget_s: float | None = None
     max_steps: int | None = None
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -233,11 +239,14 @@ class TrainingConfig:
     def check(self, where: str) -> None:
         _require(self, where, positive=("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps",
                                         "max_seq_len", "checkpoint_every_steps", "log_every_s", "max_grad_norm"),
-                 non_negative=("warmup_steps", "eval_every_steps", "sample_generations", "projector_tokens"),
+                 non_negative=("warmup_steps", "eval_every_steps", "sample_generations", "projector_tokens",
+                               "min_steps"),
                  at_most={"learning_rate": 1.0, "epochs": 10_000, "batch_size": 65_536, "max_seq_len": 1_048_576,
                           "gradient_accumulation_steps": 65_536, "log_every_s": 86_400})
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"{where}.max_steps: must be positive (or null for epochs)")
+        if self.time_budget_s is not None and not 0 < self.time_budget_s <= 30 * 86_400:
+            raise ConfigError(f"{where}.time_budget_s: must be a number of seconds above 0 (or null for no limit)")
 
 
 @dataclass
@@ -262,11 +271,16 @@ class EvaluationConfig:
     # Compare with the reference model too (it is the slowest of the three to run).
     include_reference: bool = True
     # Questions shown with the three models' answers side by side in the report.
+    # Questions of the train split asked too, to measure what was taught (0: none).
+    trained_samples: int = 48
+    # Wrong answers of the fine-tuned model listed in the report (never in a log).
+    wrong_answers: int = 20
     side_by_side: int = 6
     gates: EvaluationGates = field(default_factory=EvaluationGates)
 
     def check(self, where: str) -> None:
-        _require(self, where, positive=("max_new_tokens", "batch_size"), non_negative=("samples", "side_by_side"),
+        _require(self, where, positive=("max_new_tokens", "batch_size"),
+                 non_negative=("samples", "side_by_side", "trained_samples", "wrong_answers"),
                  at_most={"max_new_tokens": 32_768, "batch_size": 65_536})
 
 

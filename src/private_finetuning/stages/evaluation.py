@@ -32,7 +32,7 @@ from private_finetuning.artifacts import (
 from private_finetuning.chat import encode_for_training, encode_prompt, with_system
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
 from private_finetuning.data.heldout import pick_questions
-from private_finetuning.errors import GateFailed, SourceError
+from private_finetuning.errors import GateFailed, InputDataError, SourceError
 from private_finetuning.evaluation_metrics import (
     answer_log_probs,
     fact_accuracy,
@@ -40,6 +40,7 @@ from private_finetuning.evaluation_metrics import (
     mean_kl,
     perplexity,
     rouge_l,
+    token_f1,
 )
 from private_finetuning.generation import generate
 from private_finetuning.hf_io import load_published_model
@@ -88,54 +89,102 @@ def load(kind: str, inputs: dict[str, Artifact], device: str) -> tuple[Any, Any,
     return model.to(device).eval(), tokenizer, eos
 
 
-def score_model(ctx: StageContext, kind: str, inputs: dict[str, Artifact], questions: list[dict], device: str,
-                base_general: Any | None) -> tuple[dict[str, Any], list[str], Any]:
+def answer_all(ctx: StageContext, kind: str, model: Any, tokenizer: Any, eos: list[int], device: str,
+               questions: list[dict]) -> tuple[list[str], int, float]:
+    """Greedy answers to ``questions`` in batches; also the tokens generated and the seconds it took."""
     cfg, system = ctx.config.evaluation, ctx.config.prompting.system_prompt
-    model, tokenizer, eos = load(kind, inputs, device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     prompts = [encode_prompt(tokenizer, with_system(q["messages"][:-1], system)) for q in questions]
     answers: list[str] = []
-    generated = 0
-    start = time.perf_counter()
+    generated, start = 0, time.perf_counter()
     for i in range(0, len(prompts), cfg.batch_size):
         for text, n in generate(model, tokenizer, prompts[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
                                 eos_token_ids=eos, device=device):
             answers.append(text)
             generated += n
         ctx.log.info("%s: answered %d/%d questions", kind, len(answers), len(prompts))
-    seconds = time.perf_counter() - start
-    expected = [q["messages"][-1]["content"] for q in questions]
+    return answers, generated, time.perf_counter() - start
+
+
+def question_sets(ctx: StageContext, dataset: Artifact) -> dict[str, list[dict]]:
+    """The held-out questions (the eval split: phrasings never trained on) and a sample of trained ones."""
+    cfg = ctx.config.evaluation
+    trained: list[dict] = []
+    if cfg.trained_samples:
+        try:
+            trained = pick_questions(dataset.file("train.jsonl"), cfg.trained_samples)
+        except InputDataError:
+            ctx.log.info("the train split has no question/answer records: no trained-question scores")
+    return {"held_out": pick_questions(dataset.file("eval.jsonl"), cfg.samples), "trained": trained}
+
+
+def wrong_answers(sets: dict[str, list[dict]], answers: dict[str, list[str]], limit: int) -> list[dict[str, str]]:
+    """The fine-tuned model's replies that miss their record's ``answer``, for the report (never the logs)."""
+    wrong = []
+    for name, questions in sets.items():
+        for q, reply in zip(questions, answers.get(name, []), strict=False):
+            fact = q.get("meta", {}).get("answer")
+            if fact is not None and not fact_match(reply, fact):
+                wrong.append({"set": name.replace("_", "-"), "question": q["messages"][-2]["content"],
+                              "answer": fact, "reply": reply})
+    return wrong[:limit]
+
+
+def answer_scores(questions: list[dict], answers: list[str]) -> dict[str, Any]:
+    """Fact accuracy (overall and by kind of fact) where records carry an ``answer``; token F1 always."""
     facts = [q.get("meta", {}).get("answer") for q in questions]
     by_fact: dict[str, list[bool]] = {}
     for q, a in zip(questions, answers, strict=True):
-        fact = q.get("meta", {})
-        if fact.get("answer") is not None:
-            by_fact.setdefault(fact.get("fact", "fact"), []).append(fact_match(a, fact["answer"]))
+        meta = q.get("meta", {})
+        if meta.get("answer") is not None:
+            by_fact.setdefault(meta.get("fact") or "fact", []).append(fact_match(a, meta["answer"]))
+    expected = [q["messages"][-1]["content"] for q in questions]
+    return {"fact_accuracy": fact_accuracy(answers, facts),
+            "fact_accuracy_by_fact": {k: sum(v) / len(v) for k, v in sorted(by_fact.items())},
+            "token_f1": sum(token_f1(a, e) for a, e in zip(answers, expected, strict=True)) / len(answers),
+            "rouge_l": sum(rouge_l(a, e) for a, e in zip(answers, expected, strict=True)) / len(answers)}
+
+
+def score_model(ctx: StageContext, kind: str, inputs: dict[str, Artifact], sets: dict[str, list[dict]], device: str,
+                base_general: Any | None) -> tuple[dict[str, Any], dict[str, list[str]], Any]:
+    """Metrics of one model on the held-out questions (and, but for the reference, the trained ones)."""
+    cfg, system = ctx.config.evaluation, ctx.config.prompting.system_prompt
+    model, tokenizer, eos = load(kind, inputs, device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    questions = sets["held_out"]
+    answers, generated, seconds = answer_all(ctx, kind, model, tokenizer, eos, device, questions)
     examples = [encode_for_training(tokenizer, with_system(q["messages"], system)) for q in questions]
     general = [encode_for_training(tokenizer, with_system([{"role": "user", "content": u},
                                                            {"role": "assistant", "content": a}], system))
                for u, a in GENERAL_CONVERSATIONS]
     metrics: dict[str, Any] = {
-        "fact_accuracy": fact_accuracy(answers, facts),
-        "fact_accuracy_by_fact": {k: sum(v) / len(v) for k, v in sorted(by_fact.items())},
-        "rouge_l": sum(rouge_l(a, e) for a, e in zip(answers, expected, strict=True)) / len(answers),
+        **answer_scores(questions, answers),
         "answer_perplexity": perplexity(model, examples, pad, device, cfg.batch_size),
         "general_perplexity": perplexity(model, general, pad, device, cfg.batch_size),
         "latency_s_per_answer": seconds / len(answers),
         "tokens_per_s": generated / seconds if seconds else None,
         "questions": len(answers),
     }
+    all_answers = {"held_out": answers}
+    if kind != "reference" and sets.get("trained"):
+        all_answers["trained"] = answer_all(ctx, f"{kind} (trained questions)", model, tokenizer, eos, device,
+                                            sets["trained"])[0]
+        metrics["trained"] = answer_scores(sets["trained"], all_answers["trained"])
     log_probs = None
     if kind == "base":
         log_probs = answer_log_probs(model, general, pad, device, cfg.batch_size)
     elif kind == "fine_tuned" and base_general is not None:
         metrics["forgetting_kl"] = mean_kl(base_general, answer_log_probs(model, general, pad, device, cfg.batch_size))
-    ctx.log.info("%s: fact accuracy %s, ROUGE-L %.3f, answer perplexity %.2f, %.2fs per answer", kind,
-                 "n/a" if metrics["fact_accuracy"] is None else f"{metrics['fact_accuracy']:.1%}", metrics["rouge_l"],
+    trained = metrics.get("trained", {}).get("fact_accuracy")
+    ctx.log.info("%s: fact accuracy %s held-out, %s trained; token F1 %.3f, answer perplexity %.2f, %.2fs per answer",
+                 kind, _pct(metrics["fact_accuracy"]), _pct(trained), metrics["token_f1"],
                  metrics["answer_perplexity"], metrics["latency_s_per_answer"])
     del model
     gc.collect()
-    return metrics, answers, log_probs
+    return metrics, all_answers, log_probs
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def check_gates(ctx: StageContext, report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -178,11 +227,17 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"at most {report['config']['max_new_tokens']} new tokens; evaluated in {report['duration_s']:.0f}s.", "",
              "| metric | " + " | ".join(f"{k.replace('_', '-')} ({names[k]})" for k in models) + " |",
              "|---|" + "---|" * len(models)]
-    rows = [("fact accuracy", "fact_accuracy", True), ("ROUGE-L", "rouge_l", False),
+    rows = [("fact accuracy, held-out", "fact_accuracy", True), ("token F1, held-out", "token_f1", False),
+            ("ROUGE-L", "rouge_l", False),
             ("answer perplexity", "answer_perplexity", False), ("general-text perplexity", "general_perplexity", False),
             ("latency per answer (s)", "latency_s_per_answer", False)]
     for label, key, pct in rows:
-        lines.append(f"| {label} | " + " | ".join(fmt(report["metrics"][k][key], pct) for k in models) + " |")
+        lines.append(f"| {label} | " + " | ".join(fmt(report["metrics"][k].get(key), pct) for k in models) + " |")
+    for label, key, pct in (("fact accuracy, trained questions", "fact_accuracy", True),
+                            ("token F1, trained questions", "token_f1", False)):
+        if any("trained" in report["metrics"][k] for k in models):
+            lines.append(f"| {label} | " + " | ".join(fmt(report["metrics"][k].get("trained", {}).get(key), pct)
+                                                       for k in models) + " |")
     f = report["forgetting"]
     lines += ["", "## Forgetting", "",
               f"Mean KL(base || fine-tuned) of next-token distributions on general text: {fmt(f['kl'])} nats; "
@@ -207,7 +262,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"**Q:** {sample['question']}", "", f"- expected: {sample['expected']}"]
         lines += [f"- {k.replace('_', '-')}: {sample['answers'][k]}" for k in models]
         lines.append("")
+    if report.get("wrong_answers"):
+        lines += ["## Wrong answers of the fine-tuned model", "", "| set | question | answer | reply |",
+                  "|---|---|---|---|"]
+        lines += [f"| {w['set']} | {_cell(w['question'])} | {_cell(w['answer'])} | {_cell(w['reply'])} |"
+                  for w in report["wrong_answers"]]
+        lines.append("")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
@@ -224,14 +289,15 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
     start = time.perf_counter()
     runtime = select_runtime("auto", cpu_bf16=False)
     ctx.log.info("device: %s", runtime.description)
-    questions = pick_questions(inputs["dataset"].file("eval.jsonl"), cfg.samples)
-    ctx.log.info("evaluating %d held-out questions on %s", len(questions),
+    sets = question_sets(ctx, inputs["dataset"])
+    questions = sets["held_out"]
+    ctx.log.info("evaluating %d held-out and %d trained questions on %s", len(questions), len(sets["trained"]),
                  ", ".join(k for k in MODELS if k != "reference" or "reference" in inputs))
     metrics, answers, base_general = {}, {}, None
     for kind in MODELS:
         if kind == "reference" and "reference" not in inputs:
             continue
-        metrics[kind], answers[kind], log_probs = score_model(ctx, kind, inputs, questions, runtime.device,
+        metrics[kind], answers[kind], log_probs = score_model(ctx, kind, inputs, sets, runtime.device,
                                                               base_general)
         if kind == "base":
             base_general = log_probs
@@ -248,8 +314,9 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
                        "general_perplexity_fine_tuned": tuned["general_perplexity"],
                        "general_perplexity_increase": tuned["general_perplexity"] / base["general_perplexity"] - 1},
         "side_by_side": [{"question": q["messages"][-2]["content"], "expected": q["messages"][-1]["content"],
-                          "answers": {k: answers[k][i] for k in answers}}
+                          "answers": {k: answers[k]["held_out"][i] for k in answers}}
                          for i, q in enumerate(questions[:cfg.side_by_side])],
+        "wrong_answers": wrong_answers(sets, answers["fine_tuned"], cfg.wrong_answers),
     }
     if "reference" in inputs:
         report["models"]["reference"] = {"name": inputs["reference"].manifest.name,
