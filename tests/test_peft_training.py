@@ -342,3 +342,16 @@ def test_two_process_torchrun_makes_the_same_kind_of_adapter(tmp_path: Path, vol
     for config in (config_one, config_two):  # peft keeps target modules as a set: order varies
         config["target_modules"] = sorted(config["target_modules"])
     assert config_one == config_two
+
+
+def test_the_run_says_its_schedule_and_a_time_budget_cuts_it(volumes: dict[str, Path],
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """16 tiny records: 2 steps per epoch would be 6 steps; min_steps raises it; a 1 ms budget cuts it."""
+    assert train(volumes["fine-tuned-model"].parent, volumes, {"batch_size": 8, "min_steps": 40, "time_budget_s": 0.001,
+                                                               "sample_generations": 0, "projector_tokens": 0}) == 0
+    err = capsys.readouterr().err
+    assert "schedule: 16 records, 8 per step: 2 steps per epoch; 3 epochs would be 6 steps, raised to " \
+           "training.min_steps = 40 (20.0 epochs)" in err
+    assert "cut to 6 steps to fit training.time_budget_s = 0:00" in err
+    adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
+    assert adapter.manifest.metadata["steps"] == 6

@@ -29,6 +29,7 @@ class Progress:
     step_in_epoch: int = 0
     tokens_seen: int = 0
     last_loss: float | None = None
+    total_steps: int = 0  # the schedule's total once fixed (after the time budget), kept for a resumed pod
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -14,7 +14,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from private_finetuning.hf_io import load_published_model
 from private_finetuning.lora import apply_lora, trainable_parameters
 from private_finetuning.progress import Progress as ProgressLog
 from private_finetuning.runtime import Runtime, select_runtime
+from private_finetuning.schedule import fit_budget, plan
 from private_finetuning.stages.common import (
     StageContext,
     Termination,
@@ -129,11 +130,12 @@ def encode_split(ctx: StageContext, tokenizer: Any, dataset: Artifact, split: st
     return examples
 
 
-def lr_lambda(cfg: TrainingConfig, total_steps: int) -> Any:
+def lr_lambda(cfg: TrainingConfig, total_steps: Callable[[], int]) -> Any:
+    """Warm-up, then the schedule over ``total_steps()``, read at each step: the time budget may cut it."""
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
-        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, total_steps() - cfg.warmup_steps)
         if cfg.lr_scheduler == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         if cfg.lr_scheduler == "linear":
@@ -208,16 +210,21 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     accum = cfg.gradient_accumulation_steps
     steps_per_epoch = len(optimizer_steps(batch_order(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length),
                                           accum, dist))
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    schedule = plan(cfg, len(train_set), steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: schedule.total_steps))
     forward = dist.wrap(model, runtime.device)
     forward = torch.compile(forward) if cfg.compile else forward
 
     ckpt_dir = out / "checkpoints" / run_id[:12]
     state = checkpoints.load(ckpt_dir, run_id=run_id, model=model, optimizer=optimizer, scheduler=scheduler)
+    if state is not None and state.total_steps:
+        schedule.total_steps, schedule.budget_pending = state.total_steps, False
     if state is not None:
-        log.info("resuming from the checkpoint at step %d of %d (epoch %d)", state.step, total_steps, state.epoch + 1)
+        log.info("resuming from the checkpoint at step %d of %d (epoch %d)", state.step, schedule.total_steps,
+                 state.epoch + 1)
     state = state or checkpoints.Progress()
+    log.info("schedule: %s", schedule.explanation)
+    total_steps = schedule.total_steps
     tb_dir = run_dir(out, run_id)
     # Events after the checkpoint's step were logged by a pod that died before saving again: drop them.
     writer = open_writer(tb_dir, purge_step=state.step + 1 if state.step else None) if dist.is_main else NullWriter()
@@ -258,6 +265,12 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.step_in_epoch += 1
+            if schedule.budget_pending and state.step - steps_at_start >= schedule.probe_after():
+                log.info("schedule: %s", fit_budget(schedule, cfg, state.step - steps_at_start,
+                                                    time.monotonic() - start))
+                total_steps = schedule.total_steps
+                meter.total = total_steps - steps_at_start
+            state.total_steps = 0 if schedule.budget_pending else schedule.total_steps
             state.tokens_seen += step_tokens
             state.last_loss = step_loss
             tokens_this_run += step_tokens
