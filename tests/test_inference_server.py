@@ -354,6 +354,19 @@ def test_openapi_describes_the_api(client) -> None:
     assert {"/prompt", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"} <= set(spec["paths"])
 
 
+def test_the_published_schema_is_the_one_that_validates(client) -> None:
+    """One definition: the limits /openapi.json states are the ones a request is refused by, in its words."""
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    prompt = schemas["PromptRequest"]["properties"]
+    assert prompt["input_prompt"]["maxLength"] == 200  # serving.max_prompt_chars of this test's config
+    tokens = next(s for s in prompt["max_new_tokens"]["anyOf"] if s["type"] == "integer")
+    assert tokens["maximum"] == 32
+    refused = client.post("/prompt", json={"input_prompt": "hi", "max_new_tokens": 33}).get_json()["error"]
+    assert refused["message"] == f"max_new_tokens must be {prompt['max_new_tokens']['description']}"
+    chat = client.post(CHAT, json={"messages": [{"role": "user", "content": "hi"}], "n": True}).get_json()["error"]
+    assert chat["field"] == "n" and chat["message"] == "n must be 1 (only n=1 is supported)"  # true is not 1
+
+
 # --- adapter hot swap ----------------------------------------------------------------------------------------
 
 def test_only_a_promoted_adapter_is_swapped_in_and_a_broken_one_refused(tmp_path: Path, tiny_model_dir: Path,

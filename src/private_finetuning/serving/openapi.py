@@ -1,75 +1,55 @@
-"""The OpenAPI 3 description of the inference server, served at /openapi.json."""
+"""The OpenAPI 3.1 description of the inference server, served at /openapi.json.
+
+Request and response bodies are the JSON Schemas of the pydantic models in ``schemas.py``, the
+same models that validate requests; this module only lays out the paths.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from private_finetuning import __version__
-from private_finetuning.config import ServingConfig
+from private_finetuning.serving.schemas import Bodies, openapi_components
 
 
-def _error() -> dict[str, Any]:
-    return {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
-def openapi_spec(serving: ServingConfig) -> dict[str, Any]:
-    limit = serving.max_new_tokens_limit
-    errors = {str(code): _error() for code in (400, 413, 415, 422, 503, 504)}
-    message = {"type": "object", "required": ["role", "content"], "properties": {
-        "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-        "content": {"type": "string"}}}
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_spec(bodies: Bodies) -> dict[str, Any]:
+    errors = {str(code): _json(_ref("ErrorBody"), "error") for code in (400, 413, 415, 422, 503, 504)}
+    anything = {"type": "object"}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Private Fine-Tuning inference server", "version": __version__,
                  "description": "Answers questions with the fine-tuned model. Every error is a JSON body."},
         "paths": {
             "/prompt": {"post": {
                 "summary": "Answer one question (plain text; JSON with Accept: application/json)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["input_prompt"], "properties": {
-                        "input_prompt": {"type": "string", "minLength": 1, "maxLength": serving.max_prompt_chars,
-                                         "pattern": "\\S", "description": "not only white space"},
-                        "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": limit},
-                        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                        "top_p": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1}}}}}},
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PromptRequest")}}},
                 "responses": {"200": {"description": "the answer", "content": {
                     "text/plain": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {"$ref": "#/components/schemas/PromptAnswer"}}}}, **errors}}},
+                    "application/json": {"schema": _ref("PromptAnswer")}}}, **errors}}},
             "/v1/chat/completions": {"post": {
                 "summary": "OpenAI-compatible chat completion (stream: true for server-sent events)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["messages"], "properties": {
-                        "model": {"type": "string"},
-                        "messages": {"type": "array", "minItems": 1, "items": message},
-                        "max_tokens": {"type": "integer", "minimum": 1, "maximum": limit},
-                        "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": limit},
-                        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                        "top_p": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
-                        "n": {"type": "integer", "enum": [1]},
-                        "stream": {"type": "boolean"}}}}}},
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("ChatCompletionRequest")}}},
                 "responses": {"200": {"description": "a chat completion, or a text/event-stream of chunks",
-                                      "content": {"application/json": {"schema": {"type": "object"}},
+                                      "content": {"application/json": {"schema": anything},
                                                   # each event: a chat.completion.chunk object, last `[DONE]`
                                                   "text/event-stream": {"schema": {
-                                                      "oneOf": [{"type": "object"}, {"type": "string"}]}}}},
+                                                      "oneOf": [anything, {"type": "string"}]}}}},
                               **errors}}},
-            "/v1/models": {"get": {"summary": "The served model", "responses": {"200": {
-                "description": "model list", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-            "/health": {"get": {"summary": "Liveness", "responses": {"200": {
-                "description": "alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/v1/models": {"get": {"summary": "The served model", "responses": {"200": _json(anything, "models")}}},
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": _json(anything, "alive")}}},
             "/ready": {"get": {"summary": "Readiness: 200 once the model is loaded", "responses": {
-                "200": {"description": "ready", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "503": _error()}}},
+                "200": _json(anything, "ready"), "503": _json(_ref("ErrorBody"), "not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
                 "description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["message", "status"], "properties": {
-                    "message": {"type": "string"}, "status": {"type": "integer"}, "field": {"type": "string"}}}}},
-            "PromptAnswer": {"type": "object", "properties": {
-                "answer": {"type": "string"}, "prompt_tokens": {"type": "integer"},
-                "completion_tokens": {"type": "integer"}, "finish_reason": {"type": "string"},
-                "latency_ms": {"type": "number"}, "model": {"type": "string"}}},
-        }},
+        "components": {"schemas": openapi_components(bodies)},
     }

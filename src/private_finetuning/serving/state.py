@@ -1,0 +1,36 @@
+"""What every view of the inference server shares, kept on the Flask app (``app.extensions``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+
+from private_finetuning.config import ServingConfig
+from private_finetuning.serving.engine import Engine
+from private_finetuning.serving.metrics import Metrics
+from private_finetuning.serving.schemas import Bodies
+
+KEY = "private_finetuning"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    engine: Engine
+    serving: ServingConfig
+    metrics: Metrics
+    bodies: Bodies
+
+
+def state() -> ServerState:
+    return current_app.extensions[KEY]
+
+
+def served(engine: Engine) -> dict[str, Any]:
+    """Which adapter version is served, on which base, approved by which evaluation report."""
+    loaded = engine.loaded
+    assert loaded is not None
+    return {"adapter": loaded.adapter_name, "adapter_digest": loaded.adapter_digest,
+            "adapter_version": loaded.adapter_version, "base_model_digest": loaded.base_digest,
+            "evaluation_report_digest": loaded.report_digest}
