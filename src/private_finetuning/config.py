@@ -235,6 +235,8 @@ class TrainingConfig:
     # Token embeddings shown in TensorBoard's projector: the most frequent tokens of the training data.
     projector_tokens: int = 1000
     compile: bool = False
+    # Compute the system prompt every example starts with once per batch instead of once per example.
+    shared_prefix: bool = True
 
     def check(self, where: str) -> None:
         _require(self, where, positive=("learning_rate", "epochs", "batch_size", "gradient_accumulation_steps",

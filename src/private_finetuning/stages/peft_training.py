@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from private_finetuning import checkpoints
+from private_finetuning import checkpoints, shared_prefix
 from private_finetuning.artifacts import ADAPTER, BASE_MODEL, BASE_TOKENIZER, DATASET, Artifact, ArtifactWriter
 from private_finetuning.batching import batch_order, collate, padding_fraction
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
@@ -144,13 +144,21 @@ def lr_lambda(cfg: TrainingConfig, total_steps: Callable[[], int]) -> Any:
     return factor
 
 
-def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, targets: int) -> tuple[Any, int]:
-    """Summed token loss of one micro-batch divided by the targets of the whole optimizer step."""
+def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, targets: int,
+               share_prefix: bool) -> tuple[Any, int]:
+    """Summed token loss of one micro-batch divided by the targets of the whole optimizer step.
+
+    With ``share_prefix``, a prefix every example shares (the system prompt) is computed once for the
+    batch (shared_prefix.py): the same loss and gradients, about a third less work on chat data."""
     import torch
 
-    batch = {k: v.to(runtime.device) for k, v in collate(examples, pad_id).items()}
+    count = torch.tensor(targets, device=runtime.device)
+    prefix = shared_prefix.split(examples) if share_prefix else None
     with runtime.autocast():
-        out = model(**batch, num_items_in_batch=torch.tensor(targets, device=runtime.device))
+        if prefix is not None:
+            return shared_prefix.loss(model, examples, prefix, pad_id, runtime.device, count)
+        batch = {k: v.to(runtime.device) for k, v in collate(examples, pad_id).items()}
+        out = model(**batch, num_items_in_batch=count)
     return out.loss, int(batch["attention_mask"].sum())
 
 
@@ -214,6 +222,8 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: schedule.total_steps))
     forward = dist.wrap(model, runtime.device)
     forward = torch.compile(forward) if cfg.compile else forward
+    # Two forward calls per step (prefix, then suffixes) suit neither DDP's reducer nor a compiled graph.
+    share_prefix = cfg.shared_prefix and dist.world_size == 1 and not cfg.compile
 
     ckpt_dir = out / "checkpoints" / run_id[:12]
     state = checkpoints.load(ckpt_dir, run_id=run_id, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -247,7 +257,8 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
             targets = sum(train_set[i].target_tokens for b in micro_batches for i in b)
             step_loss, step_tokens = 0.0, 0
             for indices in dist.share(micro_batches):
-                loss, tokens = batch_loss(forward, runtime, [train_set[i] for i in indices], pad_id, targets)
+                loss, tokens = batch_loss(forward, runtime, [train_set[i] for i in indices], pad_id, targets,
+                                          share_prefix)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"the training loss became {loss.item()} at step {state.step + 1}; "
                                            f"lower training.learning_rate (now {cfg.learning_rate})")
