@@ -29,7 +29,8 @@ class Progress:
     step_in_epoch: int = 0
     tokens_seen: int = 0
     last_loss: float | None = None
-    total_steps: int = 0  # the schedule's total once fixed (after the time budget), kept for a resumed pod
+    total_steps: int = 0  # the schedule's total (after the time budget), kept for a resumed pod
+    train_seconds: float = 0.0  # spent by earlier pods of this run, counted against the time budget
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

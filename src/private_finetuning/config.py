@@ -212,7 +212,7 @@ class TrainingConfig:
     # `min_steps` optimizer steps, at most what fits `time_budget_s` here; `max_steps` overrides all three.
     epochs: int = 3
     min_steps: int = 150
-    time_budget_s: float | None = None
+    time_budget_s: float | None = 300.0
     max_steps: int | None = None
     batch_size: int = 8
     gradient_accumulation_steps: int = 1

@@ -6,8 +6,10 @@ single fact; 20,000 records x 3 epochs does not fit a CPU's afternoon. So:
 1. ``max_steps`` when set, exactly (for tests and experiments);
 2. else ``epochs`` passes over the data, raised to ``min_steps`` so that a small dataset is seen
    often enough to be learned (docs/training.md has the measurements behind the defaults);
-3. then, when ``time_budget_s`` is set, cut to what fits it on this machine, measured on the
-   first steps of the run itself (the warm-up, whose learning rate does not depend on the total).
+3. then, when ``time_budget_s`` is set, cut to what fits it on this machine: every few steps the
+   remaining time is projected from the speed of the last few steps, so a slow start (other pods
+   loading models on the same cores) is not taken for the speed of the whole run; changes under
+   10% are ignored, so that noise does not move the learning-rate schedule back and forth.
 
 The plan is said in the log before training ("80 records -> 150 steps...") and the total is kept
 in the checkpoint, so a resumed pod finishes the same schedule.
@@ -21,17 +23,19 @@ from dataclasses import dataclass
 from private_finetuning.config import TrainingConfig
 from private_finetuning.progress import format_duration
 
-PROBE_STEPS = 5  # steps timed before the budget is applied
+CHECK_EVERY = 5  # steps between two looks at the time budget
+SPEED_WINDOW = 10  # the speed is that of the last this many steps
 
 
 @dataclass
 class Plan:
     total_steps: int
     explanation: str
-    budget_pending: bool  # the time budget is checked after PROBE_STEPS steps
+    budgeted: bool  # a time budget applies: look again every CHECK_EVERY steps
+    planned_steps: int = 0  # before any cut: the budget never raises the total above it
 
-    def probe_after(self) -> int:
-        return min(PROBE_STEPS, max(1, self.total_steps - 1))
+    def __post_init__(self) -> None:
+        self.planned_steps = self.planned_steps or self.total_steps
 
 
 def plan(cfg: TrainingConfig, records: int, steps_per_epoch: int) -> Plan:
@@ -49,20 +53,19 @@ def plan(cfg: TrainingConfig, records: int, steps_per_epoch: int) -> Plan:
         text = (f"{head}; {cfg.epochs} epochs would be {by_epochs} steps, raised to training.min_steps = {total} "
                 f"({total / max(1, steps_per_epoch):.1f} epochs) so that a small dataset is learned")
     if cfg.time_budget_s:
-        text += f"; at most what fits training.time_budget_s = {format_duration(cfg.time_budget_s)}, measured " \
-                f"after {min(PROBE_STEPS, total)} steps"
+        text += f"; at most what fits training.time_budget_s = {format_duration(cfg.time_budget_s)} here"
     return Plan(total, text, bool(cfg.time_budget_s))
 
 
-def fit_budget(p: Plan, cfg: TrainingConfig, steps_done: int, seconds: float) -> str:
-    """Apply the time budget from the measured speed of the first steps; returns what was decided."""
-    p.budget_pending = False
-    per_step = seconds / max(1, steps_done)
-    affordable = max(steps_done + 1, math.floor((cfg.time_budget_s or math.inf) / per_step)) \
-        if per_step > 0 else p.total_steps
-    if affordable < p.total_steps:
-        p.total_steps = affordable
-        return (f"{steps_done} steps took {seconds:.1f}s ({per_step:.2f}s each): cut to {affordable} steps to fit "
-                f"training.time_budget_s = {format_duration(cfg.time_budget_s or 0)}")
-    return (f"{steps_done} steps took {seconds:.1f}s ({per_step:.2f}s each): {p.total_steps} steps take about "
-            f"{format_duration(per_step * p.total_steps)}, within the time budget")
+def fit_budget(p: Plan, cfg: TrainingConfig, step: int, elapsed: float, recent_step_s: float) -> str | None:
+    """Re-project the total from the time left and the recent speed; what changed, in words, or None."""
+    if not p.budgeted or not cfg.time_budget_s or recent_step_s <= 0:
+        return None
+    left = max(0.0, cfg.time_budget_s - elapsed)
+    total = min(p.planned_steps, max(step + 1, step + math.floor(left / recent_step_s)))
+    if total == p.total_steps or abs(total - p.total_steps) < max(3, p.total_steps // 10):
+        return None  # noise in the speed: keep the schedule steady
+    before, p.total_steps = p.total_steps, total
+    verb = "cut to" if total < before else "back to"
+    return (f"step {step}: {elapsed:.0f}s spent, {recent_step_s:.2f}s per step lately: {verb} {total} steps (was "
+            f"{before}) to end within training.time_budget_s = {format_duration(cfg.time_budget_s)}")

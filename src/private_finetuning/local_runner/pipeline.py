@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from private_finetuning.artifacts import CURRENT, MANIFEST, human_size, verify
+from private_finetuning.artifacts import CURRENT, MANIFEST, PROMOTION, human_size, verify
 from private_finetuning.errors import ArtifactError, ConfigError
 from private_finetuning.local_runner.controller import Controller, SignalReceived
 from private_finetuning.local_runner.engines import make_engine
@@ -148,6 +148,8 @@ class FirstAnswer:
         if self.answer is not None or time.monotonic() < self.next_check or not self.inference:
             return
         self.next_check = time.monotonic() + 2
+        if not any((self.controller.state / "volumes").glob(f"*/{PROMOTION.artifact}/{CURRENT}")):
+            return  # nothing promoted yet, so the server cannot be ready: no probe, no log line
         run = self.inference[0]
         if run.status == "running" and _ready(run):
             log.info("%s is ready on http://127.0.0.1:%d", run.pod.name, run.pod.readiness[1])

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +33,7 @@ from private_finetuning.hf_io import load_published_model
 from private_finetuning.lora import apply_lora, trainable_parameters
 from private_finetuning.progress import Progress as ProgressLog
 from private_finetuning.runtime import Runtime, select_runtime
-from private_finetuning.schedule import fit_budget, plan
+from private_finetuning.schedule import CHECK_EVERY, SPEED_WINDOW, fit_budget, plan
 from private_finetuning.stages.common import (
     StageContext,
     Termination,
@@ -228,7 +229,7 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     ckpt_dir = out / "checkpoints" / run_id[:12]
     state = checkpoints.load(ckpt_dir, run_id=run_id, model=model, optimizer=optimizer, scheduler=scheduler)
     if state is not None and state.total_steps:
-        schedule.total_steps, schedule.budget_pending = state.total_steps, False
+        schedule.total_steps = state.total_steps
     if state is not None:
         log.info("resuming from the checkpoint at step %d of %d (epoch %d)", state.step, schedule.total_steps,
                  state.epoch + 1)
@@ -244,6 +245,8 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     meter = ProgressLog(log, "step", total_steps - state.step, unit="steps", every_s=cfg.log_every_s)
     model.train()
     start, tokens_this_run = time.monotonic(), 0
+    prior_seconds = state.train_seconds
+    step_times = deque([start], maxlen=SPEED_WINDOW + 1)  # when each of the last steps ended
     steps_at_start = state.step
     Termination.deferred = True  # a SIGTERM now saves a checkpoint at the end of the step (below)
     while state.step < total_steps:
@@ -276,12 +279,17 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.step_in_epoch += 1
-            if schedule.budget_pending and state.step - steps_at_start >= schedule.probe_after():
-                log.info("schedule: %s", fit_budget(schedule, cfg, state.step - steps_at_start,
-                                                    time.monotonic() - start))
-                total_steps = schedule.total_steps
-                meter.total = total_steps - steps_at_start
-            state.total_steps = 0 if schedule.budget_pending else schedule.total_steps
+            now = time.monotonic()
+            step_times.append(now)
+            if (state.step - steps_at_start) % CHECK_EVERY == 0:
+                said = fit_budget(schedule, cfg, state.step, prior_seconds + now - start,
+                                  (now - step_times[0]) / (len(step_times) - 1))
+                if said:
+                    log.info("schedule: %s", said)
+                    total_steps = schedule.total_steps
+                    meter.total = total_steps - steps_at_start
+            state.total_steps = schedule.total_steps
+            state.train_seconds = prior_seconds + time.monotonic() - start
             state.tokens_seen += step_tokens
             state.last_loss = step_loss
             tokens_this_run += step_tokens
