@@ -81,7 +81,7 @@ def stage(args: argparse.Namespace) -> float:
 
 def main() -> int:
     args = parse_args()
-    from private_finetuning.stages.evaluation import pick_questions
+    from private_finetuning.data.heldout import pick_questions
 
     questions = pick_questions(args.volumes / "datasets" / "dataset" / "current" / "eval.jsonl", args.questions)
     stage_s = stage(args)

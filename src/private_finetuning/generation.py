@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from private_finetuning.chat import encode_prompt, with_system
+
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int,
              eos_token_ids: list[int], device: str = "cpu", do_sample: bool = False,
@@ -48,3 +50,22 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_to
         results.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
     return results
 
+
+
+def answer_questions(model: Any, tokenizer: Any, questions: list[dict], *, system_prompt: str,
+                     eos_token_ids: list[int], batch_size: int, max_new_tokens: int, device: str = "cpu",
+                     on_batch: Any = None) -> tuple[list[str], int]:
+    """Greedy answers to chat records' last user question (their last message is the expected answer),
+    asked with the system prompt, in batches; also the number of tokens generated.
+    ``on_batch(done, total)`` is called after each batch, for progress logs."""
+    prompts = [encode_prompt(tokenizer, with_system(q["messages"][:-1], system_prompt)) for q in questions]
+    answers: list[str] = []
+    generated = 0
+    for i in range(0, len(prompts), batch_size):
+        for text, n in generate(model, tokenizer, prompts[i:i + batch_size], max_new_tokens=max_new_tokens,
+                                eos_token_ids=eos_token_ids, device=device):
+            answers.append(text)
+            generated += n
+        if on_batch is not None:
+            on_batch(len(answers), len(prompts))
+    return answers, generated

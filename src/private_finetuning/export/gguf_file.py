@@ -45,7 +45,7 @@ def rotary_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _tensor_type(name: str, array: np.ndarray, kind: str) -> Any:
+def _tensor_type(array: np.ndarray, kind: str) -> Any:
     import gguf
 
     if array.ndim == 1 or kind == "f32":
@@ -72,7 +72,7 @@ def _add_tensors(writer: Any, state: dict[str, Any], config: dict[str, Any], kin
             array = rotary_permute(array, heads)
         elif hf_name.endswith("self_attn.k_proj.weight"):
             array = rotary_permute(array, kv_heads)
-        qtype = _tensor_type(name, array, kind)
+        qtype = _tensor_type(array, kind)
         if qtype == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(name, array.astype(np.float32))
         elif qtype == gguf.GGMLQuantizationType.F16:

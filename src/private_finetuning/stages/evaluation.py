@@ -29,7 +29,7 @@ from private_finetuning.artifacts import (
     Artifact,
     ArtifactWriter,
 )
-from private_finetuning.chat import encode_for_training, encode_prompt, with_system
+from private_finetuning.chat import encode_for_training, with_system
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
 from private_finetuning.data.heldout import pick_questions
 from private_finetuning.errors import GateFailed, InputDataError, SourceError
@@ -42,7 +42,7 @@ from private_finetuning.evaluation_metrics import (
     rouge_l,
     token_f1,
 )
-from private_finetuning.generation import generate
+from private_finetuning.generation import answer_questions
 from private_finetuning.hf_io import load_published_model
 from private_finetuning.runtime import select_runtime
 from private_finetuning.stages.common import (
@@ -92,16 +92,12 @@ def load(kind: str, inputs: dict[str, Artifact], device: str) -> tuple[Any, Any,
 def answer_all(ctx: StageContext, kind: str, model: Any, tokenizer: Any, eos: list[int], device: str,
                questions: list[dict]) -> tuple[list[str], int, float]:
     """Greedy answers to ``questions`` in batches; also the tokens generated and the seconds it took."""
-    cfg, system = ctx.config.evaluation, ctx.config.prompting.system_prompt
-    prompts = [encode_prompt(tokenizer, with_system(q["messages"][:-1], system)) for q in questions]
-    answers: list[str] = []
-    generated, start = 0, time.perf_counter()
-    for i in range(0, len(prompts), cfg.batch_size):
-        for text, n in generate(model, tokenizer, prompts[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens,
-                                eos_token_ids=eos, device=device):
-            answers.append(text)
-            generated += n
-        ctx.log.info("%s: answered %d/%d questions", kind, len(answers), len(prompts))
+    cfg = ctx.config.evaluation
+    start = time.perf_counter()
+    answers, generated = answer_questions(
+        model, tokenizer, questions, system_prompt=ctx.config.prompting.system_prompt, eos_token_ids=eos,
+        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, device=device,
+        on_batch=lambda done, total: ctx.log.info("%s: answered %d/%d questions", kind, done, total))
     return answers, generated, time.perf_counter() - start
 
 

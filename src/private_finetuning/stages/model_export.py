@@ -31,12 +31,11 @@ from private_finetuning.artifacts import (
     ArtifactWriter,
     open_artifact,
 )
-from private_finetuning.chat import encode_prompt, with_system
 from private_finetuning.data.heldout import pick_questions
 from private_finetuning.errors import ArtifactTimeout, GateFailed, PipelineError
 from private_finetuning.evaluation_metrics import fact_accuracy
 from private_finetuning.export import gguf_file, model_card, ollama
-from private_finetuning.generation import generate
+from private_finetuning.generation import answer_questions
 from private_finetuning.progress import format_duration
 from private_finetuning.stages.common import (
     StageContext,
@@ -84,7 +83,8 @@ def wait_for_promotion(ctx: StageContext) -> tuple[Artifact, promotion.Promotion
         time.sleep(wait.poll_interval_s)
 
 
-def write_merged(ctx: StageContext, base: Artifact, tokenizer_dir: Path, adapter: Artifact, folder: Path) -> Any:
+def write_merged(ctx: StageContext, base: Artifact, tokenizer_dir: Path, adapter: Artifact,
+                 folder: Path) -> tuple[dict[str, Any], Any]:
     """The adapter merged into the base weights, saved in the export dtype with the tokenizer; returns the
     merged state dict (in the export dtype) for the GGUF writer."""
     import torch
@@ -112,17 +112,13 @@ def answers_of(ctx: StageContext, folder: Path, gguf_name: str | None, questions
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    extra = {"gguf_file": gguf_name} if gguf_name else {"use_safetensors": True}
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **({"gguf_file": gguf_name}
-                                                                                 if gguf_name else {}))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True, **extra).eval()
-    system = ctx.config.prompting.system_prompt
-    prompts = [encode_prompt(tokenizer, with_system(q["messages"][:-1], system)) for q in questions]
-    answers = []
-    for i in range(0, len(prompts), ctx.config.evaluation.batch_size):
-        answers += [text for text, _ in generate(model, tokenizer, prompts[i:i + ctx.config.evaluation.batch_size],
-                                                  max_new_tokens=ctx.config.evaluation.max_new_tokens,
-                                                  eos_token_ids=eos)]
+    source = {"gguf_file": gguf_name} if gguf_name else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **source)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True,
+                                                 **(source or {"use_safetensors": True})).eval()
+    answers, _ = answer_questions(model, tokenizer, questions, system_prompt=ctx.config.prompting.system_prompt,
+                                  eos_token_ids=eos, batch_size=ctx.config.evaluation.batch_size,
+                                  max_new_tokens=ctx.config.evaluation.max_new_tokens)
     del model
     gc.collect()
     return answers
