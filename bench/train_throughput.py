@@ -104,7 +104,8 @@ def run_variant(args: argparse.Namespace) -> dict:
 
         def step(indices: list[int]) -> int:
             chosen = [examples[i] for i in indices]
-            loss, tokens = batch_loss(forward, runtime, chosen, pad, sum(e.target_tokens for e in chosen))
+            loss, tokens = batch_loss(forward, runtime, chosen, pad, sum(e.target_tokens for e in chosen),
+                                      share_prefix=not args.compile)
             loss.backward()
             return tokens
         seq_len = args.seq_len or max(lengths)
