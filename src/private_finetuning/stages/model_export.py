@@ -29,6 +29,7 @@ from private_finetuning.artifacts import (
     EXPORT,
     Artifact,
     ArtifactWriter,
+    current_version,
     open_artifact,
 )
 from private_finetuning.data.heldout import pick_questions
@@ -58,27 +59,31 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def wait_for_promotion(ctx: StageContext) -> tuple[Artifact, promotion.Promotion]:
-    """The adapter training published, once the evaluation has promoted it; GateFailed if it refused it."""
+    """The adapter training published, once the evaluation has promoted it; GateFailed if it refused it.
+
+    The adapter is waited for (and verified) once; the polling after that reads manifests only, so
+    waiting out an evaluation does not hash an 18 MiB adapter every few seconds beside it. The
+    promoted version is verified on return (``promotion.adapter_of``)."""
     volume, wait = ctx.args.fine_tuned, ctx.config.artifacts
+    wait_for_output(ctx.config, volume, ADAPTER)
     start = next_report = time.monotonic()
     while True:
-        adapter = wait_for_output(ctx.config, volume, ADAPTER)
+        adapter = current_version(volume, ADAPTER.artifact)
+        assert adapter is not None  # published above; a newer publish only moves `current`
         promoted = promotion.current(volume)
-        if promoted is not None and promoted.adapter_digest == adapter.manifest.digest:
+        if promoted is not None and promoted.adapter_digest == adapter.digest:
             return promotion.adapter_of(volume, promoted), promoted
-        report = promotion.report_for(volume, adapter.manifest)
-        if report is not None:
-            evaluation = open_artifact(volume, EVALUATION.artifact, EVALUATION.kind)
-            if evaluation.manifest.metadata.get("gates_passed") is False:
-                raise GateFailed(f"adapter {adapter.manifest.digest[:12]} failed its evaluation gates "
-                                 f"({evaluation.path / 'report.md'}); it is not exported")
+        report = current_version(volume, EVALUATION.artifact)
+        if (report is not None and report.source.get("adapter", {}).get("digest") == adapter.digest
+                and report.metadata.get("gates_passed") is False):
+            raise GateFailed(f"adapter {adapter.digest[:12]} failed its evaluation gates "
+                             f"({volume / EVALUATION.artifact / 'current' / 'report.md'}); it is not exported")
         waited = time.monotonic() - start
         if waited >= wait.wait_timeout_s:
             raise ArtifactTimeout(f"timed out after {waited:.0f}s waiting for {EVALUATION.producer} to promote "
-                                  f"adapter {adapter.manifest.digest[:12]}; check that stage's logs")
+                                  f"adapter {adapter.digest[:12]}; check that stage's logs")
         if time.monotonic() >= next_report:
-            ctx.log.info("waiting for the evaluation of adapter %s (%.0fs so far)", adapter.manifest.digest[:12],
-                         waited)
+            ctx.log.info("waiting for the evaluation of adapter %s (%.0fs so far)", adapter.digest[:12], waited)
             next_report += 30
         time.sleep(wait.poll_interval_s)
 
