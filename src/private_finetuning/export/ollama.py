@@ -11,6 +11,7 @@ text depends on more than the role (position, content) is refused with a message
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,24 +73,8 @@ def render_like_ollama(fmt: TurnFormat, system: str, messages: list[tuple[str, s
 
 
 def _go_string(text: str) -> str:
-    """Literal text inside a Go template: template delimiters must not appear raw."""
-    if "{{" in text or "}}" in text:
-        return "".join('{{ "' + part + '" }}' if part in ("{{", "}}") else part
-                       for part in _split_keep(text, ("{{", "}}")))
-    return text
-
-
-def _split_keep(text: str, seps: tuple[str, ...]) -> list[str]:
-    parts, i, start = [], 0, 0
-    while i < len(text):
-        sep = next((s for s in seps if text.startswith(s, i)), None)
-        if sep:
-            parts += [text[start:i], sep]
-            i += len(sep)
-            start = i
-        else:
-            i += 1
-    return [*parts, text[start:]]
+    """Literal text inside a Go template: the delimiters themselves are written as string actions."""
+    return "".join('{{ "' + part + '" }}' if part in ("{{", "}}") else part for part in re.split(r"(\{\{|\}\})", text))
 
 
 def go_template(fmt: TurnFormat) -> str:
