@@ -11,7 +11,7 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 
 from private_finetuning.serving.engine import QueueFull, Request
-from private_finetuning.serving.schemas import explain
+from private_finetuning.serving.schemas import ErrorBody, ErrorDetail, explain
 from private_finetuning.serving.state import state
 
 
@@ -22,10 +22,9 @@ class ApiError(Exception):
 
 
 def error_body(status: int, message: str, field: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"message": message, "status": status}
-    if field:
-        error["field"] = field
-    return {"error": error}
+    """The JSON of every error, as ``ErrorBody`` in /openapi.json describes it (no ``field`` when there is none)."""
+    return ErrorBody(error=ErrorDetail(message=message, status=status, field=field or None)).model_dump(
+        exclude_none=True)
 
 
 def json_object() -> dict[str, Any]:
