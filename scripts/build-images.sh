@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the shared base image and the eight component images with a plain `docker build`, the same
+# Builds the shared base image and the nine component images with a plain `docker build`, the same
 # images Skaffold builds, for users without Skaffold and for `make test-containers`.
 #
 #   scripts/build-images.sh [options]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test-containers`: build the nine images and run the whole pipeline from them with
+# `make test-containers`: build the ten images and run the whole pipeline from them with
 # `pft run --engine docker` on a 4-CPU / 8 GiB node (tests/test_containers.py).
 #
 # Uses the Docker engine that answers `docker info`; otherwise, as root, installs Debian's docker.io

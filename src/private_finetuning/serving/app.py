@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from private_finetuning.config import PipelineConfig
 from private_finetuning.serving import schemas
-from private_finetuning.serving.engine import Engine
+from private_finetuning.serving.engines.base import Engine
 from private_finetuning.serving.metrics import Metrics
 from private_finetuning.serving.requests import ApiError, error_body
 from private_finetuning.serving.state import KEY, ServerState, served, state

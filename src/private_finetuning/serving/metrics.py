@@ -23,18 +23,18 @@ class _GeneratedTokens:
 
 
 class _Served:
-    """pft_served_adapter_info: 1, labelled with the adapter version and the evaluation report served."""
+    """pft_served_adapter_info: 1, labelled with the adapter version, the evaluation report and the engine."""
 
     def __init__(self, read: Callable[[], dict | None]):
         self.read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("pft_served_adapter_info", "The promoted adapter being served",
-                                   labels=["adapter_version", "adapter_digest", "evaluation_report_digest"])
+                                   labels=["adapter_version", "adapter_digest", "evaluation_report_digest", "engine"])
         served = self.read()
         if served is not None:
             family.add_metric([served["adapter_version"], served["adapter_digest"],
-                               served["evaluation_report_digest"] or ""], 1)
+                               served["evaluation_report_digest"] or "", served["engine"]], 1)
         yield family
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from flask import request
 from pydantic import BaseModel, ValidationError
 
-from private_finetuning.serving.engine import QueueFull, Request
+from private_finetuning.serving.engines.base import QueueFull, Request
 from private_finetuning.serving.schemas import ErrorBody, ErrorDetail, explain
 from private_finetuning.serving.state import state
 

@@ -8,7 +8,7 @@ from typing import Any
 from flask import current_app
 
 from private_finetuning.config import ServingConfig
-from private_finetuning.serving.engine import Engine
+from private_finetuning.serving.engines.base import Engine
 from private_finetuning.serving.metrics import Metrics
 from private_finetuning.serving.schemas import Bodies
 
@@ -28,9 +28,9 @@ def state() -> ServerState:
 
 
 def served(engine: Engine) -> dict[str, Any]:
-    """Which adapter version is served, on which base, approved by which evaluation report."""
+    """Which adapter version is served, on which base, approved by which evaluation report, by which engine."""
     loaded = engine.loaded
     assert loaded is not None
     return {"adapter": loaded.adapter_name, "adapter_digest": loaded.adapter_digest,
             "adapter_version": loaded.adapter_version, "base_model_digest": loaded.base_digest,
-            "evaluation_report_digest": loaded.report_digest}
+            "evaluation_report_digest": loaded.report_digest, "engine": engine.name}

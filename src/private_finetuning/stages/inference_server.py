@@ -1,7 +1,8 @@
 """model-inference-server: serves the fine-tuned model over HTTP with gunicorn.
 
-One gunicorn worker process holds the model (with the adapter merged) and answers requests on
-its threads; the engine batches concurrent requests. The server is live at once and ready
+One gunicorn worker process holds the model (the adapter merged or fused in) and answers requests
+on its threads; the engine (``serving/engines/``: OpenVINO continuous batching on a CPU, transformers
+on CUDA) batches concurrent requests. The server is live at once and ready
 (``/ready`` 200) once the base model, base tokenizer and a published adapter are loaded; until then
 it answers 503 with a JSON body. More workers mean more copies of the model: scale with replicas.
 """
@@ -25,6 +26,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", required=True, type=Path, help="the base-model volume")
     parser.add_argument("--base-tokenizer", required=True, type=Path, help="the base-tokenizer volume")
     parser.add_argument("--fine-tuned", required=True, type=Path, help="the fine-tuned-model volume")
+    parser.add_argument("--base-model-openvino", type=Path, default=None,
+                        help="the base-model-openvino volume (the OpenVINO engine's IR; serving.engine)")
     parser.add_argument("--bind", default="0.0.0.0:5000", help="address:port to listen on")
     parser.add_argument("--threads", type=int, default=None,
                         help="request threads of the worker (default: serving.queue_size + serving.max_batch_size + "
@@ -33,10 +36,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_app(ctx: StageContext) -> Any:
     from private_finetuning.serving.app import create_app
-    from private_finetuning.serving.engine import Engine
+    from private_finetuning.serving.engines import make_engine
 
     a = ctx.args
-    engine = Engine(ctx.config, base_model=a.base_model, base_tokenizer=a.base_tokenizer, fine_tuned=a.fine_tuned)
+    engine = make_engine(ctx.config, base_model=a.base_model, base_tokenizer=a.base_tokenizer,
+                         fine_tuned=a.fine_tuned, base_model_openvino=a.base_model_openvino)
+    ctx.log.info("inference engine: %s", engine.name)
     return create_app(engine.start(), ctx.config)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from private_finetuning.serving import requests as req
-from private_finetuning.serving.engine import Request
+from private_finetuning.serving.engines.base import Request
 from private_finetuning.serving.state import served, state
 
 openai = Blueprint("openai", __name__)

@@ -1,14 +1,13 @@
-"""The inference engine: the fine-tuned model in memory, a bounded queue, and a batching worker.
+"""What every inference engine shares: requests, a bounded queue, and following the promotion.
 
-One model per process, the LoRA adapter merged into the base weights (no adapter overhead per
-token). Requests are queued; a single worker takes up to ``max_batch_size`` of them (waiting at most
-``batch_window_ms`` for company) and generates for the whole batch at once, which is where the
-throughput under concurrency comes from. A full queue refuses work instead of piling it up.
-Streaming requests get their tokens as they are generated, from inside the batch.
+One model per process. Requests are queued; an engine's worker (``_work``) takes them from the
+queue and generates, however it batches (``transformers.py``: static batches with HF ``generate``,
+the exact reference; ``openvino.py``: OpenVINO GenAI continuous batching, the CPU default). A full
+queue refuses work instead of piling it up.
 
 Only a promoted adapter is served (``promotion.py``): a watcher follows the promotion record, loads
 the promoted version on the base model it was trained on (never another), verifies both, and swaps
-them in between two batches. A refused adapter is remembered and not tried again until something
+them in between two steps. A refused adapter is remembered and not tried again until something
 else is promoted; a failure that may pass (an I/O error) is retried with backoff; until a first
 model is loaded ``/ready`` says why, in words without volume paths.
 """
@@ -25,11 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning import promotion
-from private_finetuning.artifacts import BASE_MODEL, BASE_TOKENIZER, Artifact, current_version, open_artifact
+from private_finetuning.artifacts import (
+    BASE_MODEL,
+    BASE_TOKENIZER,
+    Artifact,
+    Manifest,
+    current_version,
+    open_artifact,
+)
 from private_finetuning.chat import encode_prompt, with_system
 from private_finetuning.config import PipelineConfig
 from private_finetuning.errors import ArtifactError
-from private_finetuning.hf_io import load_published_model
 from private_finetuning.runtime import Runtime, select_runtime
 
 log = logging.getLogger("model-inference-server")
@@ -76,50 +81,9 @@ class Request:
         return (self.temperature, self.top_p) if self.temperature >= MIN_TEMPERATURE else (0.0, 1.0)
 
 
-class BatchStreamer:
-    """Receives each generation step of a batch and forwards text deltas to streaming requests."""
-
-    def __init__(self, requests: list[Request], tokenizer: Any, eos_token_ids: list[int]):
-        self.requests, self.tokenizer, self.eos = requests, tokenizer, set(eos_token_ids)
-        self.tokens: list[list[int]] = [[] for _ in requests]
-        self.sent: list[str] = ["" for _ in requests]
-        self.finished = [False] * len(requests)
-        self.prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # the first call carries the prompts
-            self.prompt_seen = True
-            return
-        now = time.monotonic()
-        for row, token in enumerate(value.reshape(-1).tolist()):
-            request = self.requests[row]
-            if self.finished[row]:
-                continue
-            if request.cancelled or request.deadline <= now:  # this row alone ends; the others go on
-                self.finished[row] = True
-                Engine.finish(request, error="cancelled by the client" if request.cancelled
-                              else "generation passed the request deadline")
-                continue
-            if token in self.eos or len(self.tokens[row]) >= request.max_new_tokens:
-                self.finished[row] = True
-                continue
-            self.tokens[row].append(token)
-            if request.stream is not None:
-                text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    delta, self.sent[row] = text[len(self.sent[row]):], text
-                    if delta:
-                        request.stream.put(delta)
-
-    def end(self) -> None:
-        pass
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-        """A stopping criterion too: the batch stops once every row has ended (EOS, length, deadline, cancel)."""
-        return all(self.finished)
-
-
 class Engine:
+    name = "engine"  # which implementation: logged, and in /metrics
+
     def __init__(self, config: PipelineConfig, *, base_model: Path, base_tokenizer: Path, fine_tuned: Path):
         self.config, self.serving = config, config.serving
         self.base_model, self.base_tokenizer, self.fine_tuned = base_model, base_tokenizer, fine_tuned
@@ -176,9 +140,11 @@ class Engine:
         if key in self.refused:
             return  # refused before: wait for another promotion instead of reloading it every poll
         base_manifest = current_version(self.base_model, BASE_MODEL.artifact)
-        if base_manifest is None or current_version(self.base_tokenizer, BASE_TOKENIZER.artifact) is None:
-            self.status = "waiting for the base model and base tokenizer"
+        waiting = self._waiting_for(base_manifest)
+        if waiting:
+            self.status = f"waiting for {waiting}"
             return
+        assert base_manifest is not None
         try:
             self._check_pair(promoted, base_manifest.digest)
             adapter = promotion.adapter_of(self.fine_tuned, promoted)
@@ -199,6 +165,12 @@ class Engine:
         log.info("now serving adapter %s (version %s, promoted by %s)", fresh.adapter_digest[:12],
                  fresh.adapter_version, promoted.promoted_by)
 
+    def _waiting_for(self, base_manifest: Manifest | None) -> str | None:
+        """What the engine still needs published before it can load anything, in words; None when nothing."""
+        if base_manifest is None or current_version(self.base_tokenizer, BASE_TOKENIZER.artifact) is None:
+            return "the base model and base tokenizer"
+        return None
+
     @staticmethod
     def _check_pair(promoted: promotion.Promotion, base_digest: str) -> None:
         if promoted.base_model_digest != base_digest:
@@ -215,17 +187,8 @@ class Engine:
 
     def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
               promoted: promotion.Promotion) -> LoadedModel:
-        from transformers import AutoTokenizer
-
-        start = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path, local_files_only=True)
-        model = load_published_model(base.path, adapter.path).to(self.runtime.device).eval()
-        eos = tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
-        log.info("loaded %s + adapter %s (%s) on %s in %.1fs", base.manifest.name, adapter.manifest.name,
-                 adapter.manifest.digest[:12], self.runtime.description, time.monotonic() - start)
-        return LoadedModel(model, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
-                           adapter_version=promoted.adapter_version, base_digest=base.manifest.digest,
-                           report_digest=promoted.report_digest)
+        """The promoted adapter on its base, ready to generate (each engine loads it its own way)."""
+        raise NotImplementedError
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -240,65 +203,16 @@ class Engine:
             raise QueueFull from None
         return request
 
-    def _next_batch(self) -> list[Request]:
-        first = self.queue.get()
-        batch = [first]
-        until = time.monotonic() + self.serving.batch_window_ms / 1000
-        while len(batch) < self.serving.max_batch_size:
-            remaining = until - time.monotonic()
-            try:
-                batch.append(self.queue.get(timeout=max(remaining, 0)) if remaining > 0 else self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
     def _work(self) -> None:
-        while not self._stop.is_set():
-            batch = self._next_batch()
-            now = time.monotonic()
-            live = []
-            for request in batch:
-                if request.deadline <= now:
-                    self.finish(request, error="the request waited past its deadline")
-                else:
-                    live.append(request)
-            groups: dict[tuple[float, float], list[Request]] = {}
-            for request in live:
-                groups.setdefault(request.sampling_key, []).append(request)
-            for group in groups.values():
-                try:
-                    self._generate(group)
-                except Exception as exc:
-                    log.exception("generation failed for a batch of %d", len(group))
-                    for request in group:
-                        self.finish(request, error=f"generation failed: {exc}")
+        """Take requests from the queue and answer them until stopped (each engine batches its own way)."""
+        raise NotImplementedError
 
-    def _generate(self, batch: list[Request]) -> None:
-        from private_finetuning.generation import generate
-
-        loaded = self.loaded
-        assert loaded is not None
-        self.largest_batch = max(self.largest_batch, len(batch))
-        temperature, top_p = batch[0].sampling_key
-        streamer = BatchStreamer(batch, loaded.tokenizer, loaded.eos_token_ids)
-        # The batch may run until its latest deadline: each request's own deadline ends its row alone.
-        budget = max(0.05, max(r.deadline for r in batch) - time.monotonic())
-        with self.runtime.autocast():
-            results = generate(loaded.model, loaded.tokenizer, [r.prompt_ids for r in batch],
-                               max_new_tokens=max(r.max_new_tokens for r in batch),
-                               eos_token_ids=loaded.eos_token_ids, device=self.runtime.device,
-                               do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p,
-                               streamer=streamer, max_time=budget, stopping_criteria=[streamer])
-        for row, (request, _) in enumerate(zip(batch, results, strict=True)):
-            if request.done.is_set():  # ended early: past its deadline, or cancelled
-                continue
-            tokens = streamer.tokens[row]
-            request.text = loaded.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            request.completion_tokens = len(tokens)
-            request.finish_reason = "stop" if streamer.finished[row] and len(tokens) < request.max_new_tokens \
-                else "length"
-            self.generated_tokens += len(tokens)
-            self.finish(request)
+    def _expired(self, request: Request, now: float) -> bool:
+        """Finish a request that waited past its deadline before it got to the model; True if it did."""
+        if request.deadline > now:
+            return False
+        self.finish(request, error="the request waited past its deadline")
+        return True
 
     @staticmethod
     def finish(request: Request, error: str | None = None) -> None:

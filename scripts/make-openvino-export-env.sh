@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the OpenVINO export tool environment (src/private_finetuning/openvino_ir.py):
+#   scripts/make-openvino-export-env.sh PYTHON DEST
+# PYTHON is the interpreter that has the private-fine-tuning package; DEST (by default
+# <its prefix>/tools/openvino-export, where the package looks) gets a venv that sees PYTHON's
+# packages after its own, and installs only optimum-intel and the versions it needs over them.
+set -euo pipefail
+python=${1:?usage: $0 PYTHON [DEST]}
+dest=${2:-$("$python" -c 'import sys; print(sys.prefix)')/tools/openvino-export}
+requirements="$(cd "$(dirname "$0")/.." && pwd)/components/openvino-model-conversion-server/requirements.txt"
+base_python=$("$python" -c 'import sys; print(sys._base_executable)')
+rm -rf "$dest"
+"$base_python" -m venv "$dest"
+# A .pth line appends the package's site-packages to the tool's path, after the tool's own.
+"$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+  > "$("$dest/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-private-fine-tuning.pth"
+"$dest/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$requirements"
+"$dest/bin/python" -c 'import optimum.exporters.openvino, openvino_tokenizers' \
+  || { echo "the OpenVINO export environment at $dest does not import optimum-intel" >&2; exit 1; }
+echo "OpenVINO export environment ready: $dest/bin/python"

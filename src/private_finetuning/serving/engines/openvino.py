@@ -1,0 +1,186 @@
+"""The OpenVINO engine: continuous batching on the CPU with OpenVINO GenAI, the CPU default.
+
+The base model's OpenVINO IR is converted once, by its own stage (``openvino_ir.py``); the promoted
+LoRA adapter is fused into its weights when a model is loaded (``AdapterConfig.MODE_FUSE``: no
+adapter cost per token, and the same greedy answers as the merged model in fp32). A hot swap
+builds a second pipeline and moves new requests to it; requests already running finish on the old
+one, which is dropped when it is empty.
+
+One worker thread owns the pipelines: it admits queued requests (up to ``max_batch_size`` at once),
+runs one ``step()`` (every running request advances a token; a new one is prefilled beside them, so
+nobody waits for a batch to finish), then reads each request's new tokens, streams them, and ends a
+request on its stop token, its length, its deadline or its client's disconnection, alone.
+The prompt and its tokens are the transformers engine's (the same tokenizer and chat template).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from private_finetuning import openvino_ir, promotion
+from private_finetuning.artifacts import BASE_MODEL_OPENVINO, Artifact, Manifest, current_version, open_artifact
+from private_finetuning.config import PipelineConfig
+from private_finetuning.errors import ArtifactError
+from private_finetuning.serving.engines.base import Engine, LoadedModel, Request
+
+log = logging.getLogger("model-inference-server")
+IDLE_WAIT_S = 0.1  # how long an idle worker blocks on the queue before it looks at its stop flag again
+
+
+@dataclass
+class Running:
+    """A request inside a pipeline: its handle, and what it has generated so far."""
+
+    request: Request
+    handle: Any
+    loaded: LoadedModel  # the model it started on: after a hot swap it finishes there
+    tokens: list[int] = field(default_factory=list)
+    sent: str = ""
+
+
+def adapter_alpha(adapter_dir: Path) -> float:
+    """The scale OpenVINO GenAI applies to B @ A: peft's lora_alpha / r (or / sqrt(r) for rsLoRA).
+
+    GenAI does not read ``adapter_config.json``; a wrong alpha would serve a different model.
+    """
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    rank, alpha = cfg["r"], cfg["lora_alpha"]
+    if cfg.get("alpha_pattern") or cfg.get("rank_pattern"):
+        raise ArtifactError("the adapter scales some modules differently (alpha_pattern/rank_pattern), which "
+                            "OpenVINO GenAI cannot apply; serve it with serving.engine: transformers")
+    return alpha / (rank ** 0.5 if cfg.get("use_rslora") else rank)
+
+
+class OpenVINOEngine(Engine):
+    name = "openvino"
+
+    def __init__(self, config: PipelineConfig, *, base_model: Path, base_tokenizer: Path, fine_tuned: Path,
+                 base_model_openvino: Path):
+        super().__init__(config, base_model=base_model, base_tokenizer=base_tokenizer, fine_tuned=fine_tuned)
+        self.base_model_openvino = base_model_openvino
+        self._ids = itertools.count()
+
+    def _waiting_for(self, base_manifest: Manifest | None) -> str | None:
+        waiting = super()._waiting_for(base_manifest)
+        if waiting is None:
+            ir = current_version(self.base_model_openvino, BASE_MODEL_OPENVINO.artifact)
+            if ir is None or base_manifest is None or ir.metadata.get("base_model_digest") != base_manifest.digest:
+                return "the base model's OpenVINO IR (openvino-model-conversion)"
+        return waiting
+
+    def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
+              promoted: promotion.Promotion) -> LoadedModel:
+        import openvino_genai
+        from transformers import AutoTokenizer
+
+        start = time.monotonic()
+        ir = open_artifact(self.base_model_openvino, BASE_MODEL_OPENVINO.artifact, BASE_MODEL_OPENVINO.kind)
+        if ir.manifest.metadata.get("base_model_digest") != base.manifest.digest:
+            raise ArtifactError(f"the OpenVINO IR was converted from base model "
+                                f"{str(ir.manifest.metadata.get('base_model_digest'))[:12]}, not the published "
+                                f"{base.manifest.digest[:12]}")
+        fused = openvino_genai.AdapterConfig(openvino_genai.Adapter(str(adapter.path / "adapter_model.safetensors")),
+                                             adapter_alpha(adapter.path), openvino_genai.AdapterConfig.Mode.MODE_FUSE)
+        pipeline = openvino_ir.pipeline(ir.path, self.serving.openvino, adapters=fused)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path, local_files_only=True)
+        eos = tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
+        log.info("loaded %s (OpenVINO IR %s) + adapter %s (%s, fused) in %.1fs", base.manifest.name,
+                 ir.manifest.digest[:12], adapter.manifest.name, adapter.manifest.digest[:12],
+                 time.monotonic() - start)
+        return LoadedModel(pipeline, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
+                           adapter_version=promoted.adapter_version, base_digest=base.manifest.digest,
+                           report_digest=promoted.report_digest)
+
+    # --- the worker ------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        running: list[Running] = []
+        while not self._stop.is_set():
+            self._admit(running)
+            if not running:
+                continue
+            try:
+                for pipeline in {id(r.loaded.model): r.loaded.model for r in running}.values():
+                    pipeline.step()
+            except Exception as exc:
+                log.exception("a generation step failed with %d requests running", len(running))
+                for r in running:
+                    self.finish(r.request, error=f"generation failed: {exc}")
+                running.clear()
+                continue
+            now = time.monotonic()
+            running[:] = [r for r in running if not self._advance(r, now)]
+            self.largest_batch = max(self.largest_batch, len(running))
+
+    def _admit(self, running: list[Running]) -> None:
+        """Move queued requests into the current pipeline, up to max_batch_size running at once."""
+        while len(running) < self.serving.max_batch_size:
+            try:
+                request = self.queue.get(timeout=IDLE_WAIT_S) if not running else self.queue.get_nowait()
+            except queue.Empty:
+                return
+            loaded = self.loaded
+            if self._expired(request, time.monotonic()):
+                continue
+            if loaded is None:  # cannot happen: requests are refused until a model is loaded
+                self.finish(request, error="no model loaded")
+                continue
+            handle = loaded.model.add_request(next(self._ids), _tensor(request.prompt_ids),
+                                              self._generation_config(request, loaded.eos_token_ids))
+            running.append(Running(request, handle, loaded))
+
+    @staticmethod
+    def _generation_config(request: Request, eos_token_ids: list[int]) -> Any:
+        import openvino_genai
+
+        config = openvino_genai.GenerationConfig()
+        config.max_new_tokens = request.max_new_tokens
+        config.stop_token_ids = set(eos_token_ids)
+        temperature, top_p = request.sampling_key
+        config.do_sample = temperature > 0
+        if config.do_sample:
+            config.temperature, config.top_p = temperature, top_p
+        return config
+
+    def _advance(self, r: Running, now: float) -> bool:
+        """Take the request's new tokens and stream them; True once the request has ended."""
+        import openvino_genai
+
+        request, tokenizer, eos = r.request, r.loaded.tokenizer, set(r.loaded.eos_token_ids)
+        if r.handle.can_read():
+            for output in r.handle.read().values():
+                r.tokens.extend(int(t) for t in output.generated_ids)
+        tokens = [t for t in r.tokens if t not in eos][: request.max_new_tokens]
+        if request.cancelled or request.deadline <= now:
+            r.handle.cancel()
+            self.finish(request, error="cancelled by the client" if request.cancelled
+                        else "generation passed the request deadline")
+            return True
+        if request.stream is not None:
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                delta, r.sent = text[len(r.sent):], text
+                if delta:
+                    request.stream.put(delta)
+        if r.handle.get_status() == openvino_genai.GenerationStatus.RUNNING:
+            return False
+        request.text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        request.completion_tokens = len(tokens)
+        request.finish_reason = "length" if len(tokens) >= request.max_new_tokens else "stop"
+        self.generated_tokens += len(tokens)
+        self.finish(request)
+        return True
+
+
+def _tensor(ids: list[int]) -> Any:
+    import numpy as np
+    import openvino
+
+    return openvino.Tensor(np.array([ids], dtype=np.int64))
