@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -31,11 +32,12 @@ FAKE_APP = textwrap.dedent('''
         sys.exit(5)  # stopped cleanly by SIGTERM, as a drained node's pod is
     if mode == "slow":
         time.sleep(60)
+    (out / "nice").write_text(str(os.nice(0)))
     (out / "done").write_text(mode)
 ''')
 
 
-def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600) -> Path:
+def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600, cpu: dict[str, str] | None = None) -> Path:
     repo = tmp_path / "repo"
     (repo / "components" / "fake-server").mkdir(parents=True)
     (repo / "components" / "fake-server" / "app.py").write_text(FAKE_APP)
@@ -56,6 +58,7 @@ def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600) -> Path
                     "name": "fake-server", "image": "fake-server", "workingDir": "/app",
                     "command": ["python", "app.py"], "args": ["--output", f"/mnt/{name}"],
                     "env": [{"name": "MODE", "value": mode}],
+                    "resources": {"requests": {"cpu": (cpu or {}).get(name, "1")}},
                     "volumeMounts": [{"name": "vol", "mountPath": f"/mnt/{name}"}]}],
                     "volumes": [{"name": "vol", "persistentVolumeClaim": {"claimName": name}}]}},
             },
@@ -94,6 +97,20 @@ def test_bad_input_fails_the_job_at_once_and_stops_the_others(tmp_path: Path, ca
     out = capsys.readouterr().out
     assert "podFailurePolicy FailJob" in out
     assert "stopped after bad failed" in out
+
+
+def test_cpu_requests_weigh_as_cpu_shares_do(tmp_path: Path) -> None:
+    """A 50m Job yields the cores to a 1-CPU one, as cgroup shares make it on a node: by its nice value."""
+    from private_finetuning.local_runner.engines.process import nice_for
+
+    repo = fake_repo(tmp_path, {"small": "ok", "training": "ok", "server": "ok"},
+                     cpu={"small": "50m", "training": "1", "server": "250m"})
+    state = tmp_path / "state"
+    assert run_pipeline(repo, repo / "k8s" / "overlays" / "test", state)
+    niceness = {name: int((state / "volumes" / name / "nice").read_text()) - os.nice(0)
+                for name in ("small", "training", "server")}
+    assert niceness == {"small": 13, "training": 0, "server": 6}
+    assert [nice_for(m) for m in (None, 10, 100, 2000)] == [0, 19, 10, 0]
 
 
 def test_deadline_is_enforced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

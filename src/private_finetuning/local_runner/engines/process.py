@@ -4,12 +4,16 @@ Paths under a mount are rewritten to the mount's host folder, ``python`` is this
 working folder ``/app`` is ``components/<image>/``, and ``0.0.0.0`` becomes ``127.0.0.1`` (a pod listens
 on every interface; a laptop should not). Each process gets a session of its own, so a terminal's
 Ctrl-C reaches only the runner, which then stops them in order; and each dies with the runner.
+CPU requests weigh as they do on a node: a kubelet gives a container cgroup CPU shares in proportion
+to its request, so a 50m Job barely slows a 1-CPU training; here each process gets the nice value
+whose scheduler weight is closest to that proportion (:func:`nice_for`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import signal
 import subprocess
@@ -23,9 +27,26 @@ from private_finetuning.manifests import APP_DIR
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+NICE_WEIGHT_STEP = 1.25  # each nice level weighs about 1.25x less in Linux's CFS (sched_prio_to_weight)
+
+
+def nice_for(cpu_millicores: int | None) -> int:
+    """The nice value whose weight relative to nice 0 is the request's share relative to one CPU.
+
+    A kubelet sets cpu.shares = 1024 * request (1000m: 1024, 100m: 102, 50m: 51); nice 0 weighs 1024
+    and each level about 1.25x less, so 1000m runs at 0, 250m at 6, 100m at 10, 50m at 13. No request
+    (or a CPU or more) runs at 0.
+    """
+    if not cpu_millicores or cpu_millicores >= 1000:
+        return 0
+    return min(19, round(math.log(1000 / cpu_millicores) / math.log(NICE_WEIGHT_STEP)))
+
+
+def _child_setup(nice: int) -> None:  # pragma: no cover - runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        os.nice(nice)
 
 
 def _rewrite(value: str, mounts: dict[str, Path]) -> str:
@@ -52,9 +73,10 @@ def local_command(pod: Pod) -> tuple[list[str], dict[str, str], Path]:
 class LocalProcess:
     def __init__(self, pod: Pod):
         argv, env, cwd = local_command(pod)
+        nice = nice_for(pod.requests.cpu)
         self.process = subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, bufsize=1, start_new_session=True,
-                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                        preexec_fn=(lambda: _child_setup(nice)) if sys.platform == "linux" else None)
         assert self.process.stdout is not None
         self.output = self.process.stdout
         self.reason = ""
