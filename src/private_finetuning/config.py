@@ -325,9 +325,12 @@ class ServingConfig:
     # auto: bf16 on CUDA, fp32 on the CPU (bf16 autocast made single requests slower there).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # What generates: openvino (continuous batching on the CPU, the adapter fused into the base model's
-    # IR), transformers (HF generate on the merged model, static batches; the exact reference, and the
-    # engine on CUDA). auto: openvino on a CPU when the server has the IR volume, transformers otherwise.
-    engine: Literal["auto", "openvino", "transformers"] = "auto"
+    # IR), transformers (HF generate on the merged model, static batches; the exact reference), vllm (a
+    # vLLM sidecar on a GPU, the gpu overlay). auto: openvino on a CPU when the server has the IR
+    # volume, transformers otherwise.
+    engine: Literal["auto", "openvino", "transformers", "vllm"] = "auto"
+    # The vLLM OpenAI server the vllm engine hands generation to (the sidecar in the same pod).
+    vllm_url: str = "http://127.0.0.1:8000"
     openvino: OpenVINOConfig = field(default_factory=OpenVINOConfig)
 
     def check(self, where: str) -> None:

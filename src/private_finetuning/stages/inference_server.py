@@ -28,6 +28,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fine-tuned", required=True, type=Path, help="the fine-tuned-model volume")
     parser.add_argument("--base-model-openvino", type=Path, default=None,
                         help="the base-model-openvino volume (the OpenVINO engine's IR; serving.engine)")
+    parser.add_argument("--engine", choices=["auto", "openvino", "transformers", "vllm"], default=None,
+                        help="overrides serving.engine (the gpu overlay: vllm)")
     parser.add_argument("--bind", default="0.0.0.0:5000", help="address:port to listen on")
     parser.add_argument("--threads", type=int, default=None,
                         help="request threads of the worker (default: serving.queue_size + serving.max_batch_size + "
@@ -39,6 +41,8 @@ def build_app(ctx: StageContext) -> Any:
     from private_finetuning.serving.engines import make_engine
 
     a = ctx.args
+    if a.engine:
+        ctx.config.serving.engine = a.engine
     engine = make_engine(ctx.config, base_model=a.base_model, base_tokenizer=a.base_tokenizer,
                          fine_tuned=a.fine_tuned, base_model_openvino=a.base_model_openvino)
     ctx.log.info("inference engine: %s", engine.name)

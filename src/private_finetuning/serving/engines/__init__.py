@@ -10,7 +10,7 @@ from private_finetuning.serving.engines.base import Engine
 
 
 def choose(config: PipelineConfig, *, has_ir_volume: bool, cuda: bool) -> str:
-    """openvino on a CPU when the server has the IR volume; transformers on CUDA, or where asked."""
+    """openvino on a CPU when the server has the IR volume; transformers on CUDA; vllm only where asked."""
     wanted = config.serving.engine
     if wanted == "auto":
         return "openvino" if has_ir_volume and not cuda else "transformers"
@@ -25,6 +25,10 @@ def make_engine(config: PipelineConfig, *, base_model: Path, base_tokenizer: Pat
 
     name = choose(config, has_ir_volume=base_model_openvino is not None, cuda=torch.cuda.is_available())
     paths = {"base_model": base_model, "base_tokenizer": base_tokenizer, "fine_tuned": fine_tuned}
+    if name == "vllm":
+        from private_finetuning.serving.engines.vllm import VLLMEngine
+
+        return VLLMEngine(config, **paths, url=config.serving.vllm_url)
     if name == "openvino":
         from private_finetuning.serving.engines.openvino import OpenVINOEngine
 

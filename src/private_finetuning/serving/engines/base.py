@@ -50,7 +50,7 @@ class QueueFull(Exception):
 
 @dataclass
 class LoadedModel:
-    model: Any
+    model: Any  # what generates: a torch model, an OpenVINO pipeline, or the adapter's name in vLLM
     tokenizer: Any
     eos_token_ids: list[int]
     adapter_digest: str
