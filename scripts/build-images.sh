@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the shared base image and the nine component images with a plain `docker build`, the same
-# images Skaffold builds, for users without Skaffold and for `make test-containers`.
+# Builds the shared base image and the nine component images of the cpu overlay with a plain
+# `docker build`, the same images Skaffold builds, for users without Skaffold and for
+# `make test-containers`; --with-vllm also builds the gpu overlay's vLLM sidecar image (multi-GB).
 #
 #   scripts/build-images.sh [options]
 #     --python-image IMAGE     Python 3.11 base (default: the digest pinned in Dockerfile)
@@ -9,11 +10,12 @@
 #     --ca-bundle FILE         CA bundle pip should trust (a mirror behind a company CA)
 #     --network MODE           network of the build containers (e.g. host, to reach a mirror on 127.0.0.1)
 #     --tag TAG                image tag (default: latest)
+#     --with-vllm              also build model-inference-vllm-server (gpu overlay; vLLM and CUDA torch)
 #
 # Works with the legacy builder (DOCKER_BUILDKIT=0) as well as with BuildKit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-args=() tag=latest ca=""
+args=() tag=latest ca="" with_vllm=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --python-image) args+=(--build-arg "PYTHON_IMAGE=$2"); shift 2 ;;
@@ -22,7 +24,8 @@ while [ $# -gt 0 ]; do
     --ca-bundle) ca=$2; shift 2 ;;
     --network) args+=(--network "$2"); shift 2 ;;
     --tag) tag=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --with-vllm) with_vllm=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +52,11 @@ build() {  # build IMAGE DOCKERFILE [extra args]
 build private-fine-tuning-base Dockerfile "${args[@]}"
 for dockerfile in components/*/Dockerfile; do
   component=$(basename "$(dirname "$dockerfile")")
+  if [ "$component" = model-inference-vllm-server ]; then
+    [ -n "$with_vllm" ] || continue
+    build "$component" "$dockerfile" "${args[@]}"  # on PYTHON_IMAGE, not the shared base: vLLM pins its own torch
+    continue
+  fi
   build "$component" "$dockerfile" --build-arg "BASE_IMAGE=private-fine-tuning-base:$tag" "${args[@]}"
 done
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^(private-fine-tuning-base|$(ls components | paste -sd'|')):$tag "

@@ -242,5 +242,5 @@ def test_rerun_is_a_no_op(default_pipeline: tuple) -> None:
     before = {p: p.resolve() for p in volumes.glob("*/*/current")}
     again = pft("run", "--state-dir", str(state / "state"), "--config", str(state / "fast.yaml"), "--then", "exit")
     assert again.returncode == 0
-    assert again.stdout.count("nothing to do") == 8  # seven artifacts (the export too), and the promotion
+    assert again.stdout.count("nothing to do") == 9  # eight artifacts (the export and the IR too), and the promotion
     assert {p: p.resolve() for p in volumes.glob("*/*/current")} == before
