@@ -66,6 +66,38 @@ def started():
         engine.stop()
 
 
+def ask(engine: Engine, question: str, max_new_tokens: int = 12, **fields: object) -> Request:
+    """One greedy request straight to an engine (``fields`` set on it first: cancelled, deadline), answered."""
+    request = Request(engine.encode([{"role": "user", "content": question}]), max_new_tokens, 0.0, 1.0,
+                      deadline=time.monotonic() + 60)
+    for name, value in fields.items():
+        setattr(request, name, value)
+    engine.submit(request)
+    assert request.done.wait(60)
+    return request
+
+
+def whole_and_streamed(engine: Engine, question: str, max_tokens: int) -> tuple[str, str]:
+    """The chat answer to ``question`` asked once whole and once streamed (its deltas joined)."""
+    client = create_app(engine, engine.config).test_client()
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens}
+    whole = client.post(CHAT, json=body).get_json()["choices"][0]["message"]["content"]
+    stream = client.post(CHAT, json={**body, "stream": True}).get_data(as_text=True)
+    chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
+    return whole, "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip()
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    """Until the server at ``url`` answers /ready with 200, as the readiness probe asks."""
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+    wait_until(ready, timeout=timeout)
+
+
 def wait_until(condition, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -435,13 +467,7 @@ def test_the_stage_serves_with_gunicorn_and_answers_every_printed_curl(tmp_path:
             "--fine-tuned", str(volumes["fine-tuned-model"]), "--bind", f"127.0.0.1:{port}"]
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-        wait_until(ready, timeout=120)
+        wait_ready(f"http://127.0.0.1:{port}")
         if shutil.which("curl") is None:
             pytest.skip("curl is not installed: the printed commands cannot be run as printed")
         # Verbatim, through a shell, as pasted; only where 5000 is taken is curl told to connect elsewhere.

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,21 @@ from private_finetuning import promotion
 from private_finetuning.artifacts import current_version, open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
 from private_finetuning.errors import ConfigError
-from private_finetuning.serving.app import create_app
 from private_finetuning.serving.engines import choose
 from private_finetuning.serving.engines.base import Engine, Request
 from private_finetuning.serving.engines.openvino import OpenVINOEngine, adapter_alpha
 from private_finetuning.serving.engines.transformers import TransformersEngine
 from private_finetuning.stages import openvino_conversion
-from test_inference_server import SERVING, load_with_probes, other_base, train_adapter, wait_until
+from test_inference_server import (
+    SERVING,
+    ask,
+    load_with_probes,
+    other_base,
+    train_adapter,
+    wait_ready,
+    wait_until,
+    whole_and_streamed,
+)
 
 QUESTIONS = ["hi", "What is the best hotel in Seville?", "Where is the Bergen office?", "zz top", "A B C D E F"]
 
@@ -64,16 +71,6 @@ def engines(volumes: dict[str, Path]):
     yield openvino, reference
     openvino.stop()
     reference.stop()
-
-
-def answer(engine: Engine, question: str, max_new_tokens: int = 12, **fields: object) -> Request:
-    request = Request(engine.encode([{"role": "user", "content": question}]), max_new_tokens, 0.0, 1.0,
-                      deadline=time.monotonic() + 60)
-    for name, value in fields.items():
-        setattr(request, name, value)
-    engine.submit(request)
-    assert request.done.wait(60)
-    return request
 
 
 # --- the conversion stage ---------------------------------------------------------------------------------
@@ -131,13 +128,13 @@ def test_greedy_answers_equal_the_transformers_engine(engines: tuple[Engine, Eng
     openvino, reference = engines
     assert openvino.loaded.adapter_digest == reference.loaded.adapter_digest
     for question in QUESTIONS:
-        got, expected = answer(openvino, question), answer(reference, question)
+        got, expected = ask(openvino, question), ask(reference, question)
         assert got.error is None and (got.text, got.completion_tokens) == (expected.text, expected.completion_tokens)
 
 
 def test_concurrent_requests_share_steps_and_answer_as_they_would_alone(engines: tuple[Engine, Engine]) -> None:
     openvino, _ = engines
-    alone = {q: answer(openvino, q, 24).text for q in QUESTIONS}
+    alone = {q: ask(openvino, q, 24).text for q in QUESTIONS}
     requests = []
     for question in QUESTIONS * 3:  # 15 at once, below max_batch_size 16
         request = Request(openvino.encode([{"role": "user", "content": question}]), 24, 0.0, 1.0,
@@ -151,21 +148,17 @@ def test_concurrent_requests_share_steps_and_answer_as_they_would_alone(engines:
 
 def test_a_cancelled_or_late_request_ends_alone(engines: tuple[Engine, Engine]) -> None:
     openvino, _ = engines
-    cancelled = answer(openvino, "hi", 24, cancelled=True)
+    cancelled = ask(openvino, "hi", 24, cancelled=True)
     assert cancelled.error == "cancelled by the client" and not cancelled.text
-    late = answer(openvino, "hi", 24, deadline=time.monotonic() - 1)
+    late = ask(openvino, "hi", 24, deadline=time.monotonic() - 1)
     assert late.error == "the request waited past its deadline"
-    assert answer(openvino, "hi").error is None  # the engine goes on
+    assert ask(openvino, "hi").error is None  # the engine goes on
 
 
 def test_streaming_gives_the_same_text_as_one_answer(engines: tuple[Engine, Engine]) -> None:
     openvino, _ = engines
-    client = create_app(openvino, openvino.config).test_client()
-    body = {"messages": [{"role": "user", "content": "Where is the Bergen office?"}], "max_tokens": 16}
-    whole = client.post("/v1/chat/completions", json=body).get_json()["choices"][0]["message"]["content"]
-    stream = client.post("/v1/chat/completions", json={**body, "stream": True}).get_data(as_text=True)
-    chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip() == whole
+    whole, streamed = whole_and_streamed(openvino, "Where is the Bergen office?", 16)
+    assert whole and streamed == whole
 
 
 def test_a_promoted_adapter_is_fused_and_served_without_a_restart(tmp_path: Path, tiny_model_dir: Path,
@@ -183,12 +176,12 @@ def test_a_promoted_adapter_is_fused_and_served_without_a_restart(tmp_path: Path
         promotion.promote(fresh["fine-tuned-model"], open_artifact(fresh["fine-tuned-model"], "adapter",
                                                                    "lora-adapter"), report_digest=None, by="test",
                           reason="test")
-        assert answer(engine, "hi").error is None  # answering through the swap
+        assert ask(engine, "hi").error is None  # answering through the swap
         wait_until(lambda: engine.loaded.adapter_digest == second)
         reference = start(TransformersEngine(config(), **paths))  # loads the promoted (second) adapter
         try:
             for question in QUESTIONS:
-                assert answer(engine, question).text == answer(reference, question).text
+                assert ask(engine, question).text == ask(reference, question).text
         finally:
             reference.stop()
     finally:
@@ -216,7 +209,7 @@ def test_an_ir_of_another_base_is_never_used(tmp_path: Path, tiny_model_dir: Pat
                                                       "(openvino-model-conversion)"
         assert convert(fresh, write_config(tmp_path / "p.yaml", {})) == 0  # its own IR
         wait_until(lambda: engine.ready)
-        assert engine.loaded.adapter_digest == adapter and answer(engine, "hi").error is None
+        assert engine.loaded.adapter_digest == adapter and ask(engine, "hi").error is None
     finally:
         engine.stop()
 
@@ -234,13 +227,7 @@ def test_the_stage_serves_with_openvino_and_answers_probes_under_load(tmp_path: 
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/ready", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-        wait_until(ready, timeout=120)
+        wait_ready(url)
         statuses, probes = load_with_probes(url, clients=16, seconds=3.0)
         assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
         assert probes and all(ok for ok, _ in probes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,9 @@ from conftest import publish_inputs
 from private_finetuning import promotion
 from private_finetuning.artifacts import current_version, open_artifact
 from private_finetuning.serving.app import create_app
-from private_finetuning.serving.engines.base import Engine, Request
 from private_finetuning.serving.engines.transformers import TransformersEngine
 from private_finetuning.serving.engines.vllm import VLLMEngine
-from test_inference_server import serving_config, train_adapter, wait_until
+from test_inference_server import ask, serving_config, train_adapter, wait_until, whole_and_streamed
 
 QUESTIONS = ["hi", "What is the best hotel in Seville?", "Where is the Bergen office?"]
 
@@ -100,16 +98,6 @@ def served(tmp_path: Path, tiny_model_dir: Path):
     server.shutdown()
 
 
-def answer(engine: Engine, question: str, **fields: object) -> Request:
-    job = Request(engine.encode([{"role": "user", "content": question}]), 12, 0.0, 1.0,
-                  deadline=time.monotonic() + 60)
-    for name, value in fields.items():
-        setattr(job, name, value)
-    engine.submit(job)
-    assert job.done.wait(60)
-    return job
-
-
 def test_requests_go_to_vllm_as_token_ids_under_the_promoted_adapters_name(served) -> None:
     engine, stand_in, volumes, paths = served
     promoted = promotion.current(volumes["fine-tuned-model"])
@@ -120,7 +108,7 @@ def test_requests_go_to_vllm_as_token_ids_under_the_promoted_adapters_name(serve
     wait_until(lambda: reference.ready)
     try:
         for question in QUESTIONS:
-            got, expected = answer(engine, question), answer(reference, question)
+            got, expected = ask(engine, question), ask(reference, question)
             assert got.error is None
             assert (got.text, got.completion_tokens) == (expected.text, expected.completion_tokens)
             sent = stand_in.calls[-1][1]
@@ -133,19 +121,15 @@ def test_requests_go_to_vllm_as_token_ids_under_the_promoted_adapters_name(serve
 
 def test_streaming_through_the_openai_route_gives_the_whole_answer(served) -> None:
     engine, *_ = served
-    client = create_app(engine, engine.config).test_client()
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 12}
-    whole = client.post("/v1/chat/completions", json=body).get_json()["choices"][0]["message"]["content"]
-    stream = client.post("/v1/chat/completions", json={**body, "stream": True}).get_data(as_text=True)
-    chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip() == whole
+    whole, streamed = whole_and_streamed(engine, "hi", 12)
+    assert whole and streamed == whole
 
 
 def test_a_cancelled_request_stops_reading_and_frees_its_slot(served) -> None:
     engine, *_ = served
-    cancelled = answer(engine, "hi", cancelled=True)
+    cancelled = ask(engine, "hi", cancelled=True)
     assert cancelled.error == "cancelled by the client"
-    assert answer(engine, "hi").error is None and sum(engine.in_flight.values()) == 0
+    assert ask(engine, "hi").error is None and sum(engine.in_flight.values()) == 0
 
 
 def test_a_promotion_loads_the_new_adapter_then_unloads_the_old(served, tmp_path: Path) -> None:
@@ -153,7 +137,7 @@ def test_a_promotion_loads_the_new_adapter_then_unloads_the_old(served, tmp_path
     first = engine.loaded.model
     second = train_adapter(tmp_path, volumes, seed=2)  # trained and promoted
     wait_until(lambda: engine.loaded.adapter_digest == second)
-    assert engine.loaded.model != first and answer(engine, "hi").error is None
+    assert engine.loaded.model != first and ask(engine, "hi").error is None
     wait_until(lambda: ("unload", {"lora_name": first}) in stand_in.calls)
     assert set(stand_in.models) == {engine.loaded.model}
     assert current_version(volumes["fine-tuned-model"], "promotion") is not None
