@@ -300,6 +300,23 @@ def test_images_build_against_any_mirror_from_a_pinned_base_and_carry_no_docs() 
     assert allowed and not [line for line in allowed if "README" in line or "docs" in line]
 
 
+def test_every_file_a_dockerfile_copies_reaches_the_build_context() -> None:
+    """.dockerignore lets through only what is listed: a COPY of anything else fails the build."""
+    import fnmatch
+
+    allowed = [line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    dockerfiles = [REPO / "Dockerfile", *sorted((REPO / "components").glob("*/Dockerfile"))]
+    for dockerfile in dockerfiles:
+        for line in dockerfile.read_text().splitlines():
+            if not line.startswith("COPY "):
+                continue
+            for source in line.split()[1:-1]:
+                if source == "ca-bundle.pe[m]":
+                    continue
+                assert any(fnmatch.fnmatch(source, a.rstrip("/")) or source.startswith(a) for a in allowed if a), \
+                    f"{dockerfile.relative_to(REPO)} copies {source}, which .dockerignore keeps out of the context"
+
+
 def test_model_wheels_only_in_the_relocation_images_that_need_them() -> None:
     carry = {p.parent.name for p in (REPO / "components").glob("*/requirements.txt")
              if any(line.strip() and not line.startswith("#") for line in p.read_text().splitlines())}
