@@ -10,11 +10,13 @@ dest=${2:-$("$python" -c 'import sys; print(sys.prefix)')/tools/openvino-export}
 requirements="$(cd "$(dirname "$0")/.." && pwd)/components/openvino-model-conversion-server/requirements.txt"
 base_python=$("$python" -c 'import sys; print(sys._base_executable)')
 rm -rf "$dest"
-"$base_python" -m venv "$dest"
+# No pip inside (a distribution's Python may lack ensurepip): PYTHON's pip installs into its folder.
+"$base_python" -m venv --without-pip "$dest"
+site=$("$dest/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # A .pth line appends the package's site-packages to the tool's path, after the tool's own.
-"$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
-  > "$("$dest/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-private-fine-tuning.pth"
-"$dest/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$requirements"
+"$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/zz-private-fine-tuning.pth"
+"$python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes --target "$site" \
+  -r "$requirements"
 "$dest/bin/python" -c 'import optimum.exporters.openvino, openvino_tokenizers' \
   || { echo "the OpenVINO export environment at $dest does not import optimum-intel" >&2; exit 1; }
 echo "OpenVINO export environment ready: $dest/bin/python"
