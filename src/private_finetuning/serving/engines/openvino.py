@@ -106,6 +106,7 @@ class OpenVINOEngine(Engine):
             self._admit(running)
             if not running:
                 continue
+            self.largest_batch = max(self.largest_batch, len(running))
             try:
                 for pipeline in {id(r.loaded.model): r.loaded.model for r in running}.values():
                     pipeline.step()
@@ -117,7 +118,6 @@ class OpenVINOEngine(Engine):
                 continue
             now = time.monotonic()
             running[:] = [r for r in running if not self._advance(r, now)]
-            self.largest_batch = max(self.largest_batch, len(running))
 
     def _admit(self, running: list[Running]) -> None:
         """Move queued requests into the current pipeline, up to max_batch_size running at once."""
