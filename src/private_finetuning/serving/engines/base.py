@@ -35,7 +35,6 @@ from private_finetuning.artifacts import (
 from private_finetuning.chat import encode_prompt, with_system
 from private_finetuning.config import PipelineConfig
 from private_finetuning.errors import ArtifactError
-from private_finetuning.runtime import Runtime, select_runtime
 
 log = logging.getLogger("model-inference-server")
 
@@ -89,7 +88,6 @@ class Engine:
         self.base_model, self.base_tokenizer, self.fine_tuned = base_model, base_tokenizer, fine_tuned
         self.queue: queue.Queue[Request] = queue.Queue(maxsize=self.serving.queue_size)
         self.loaded: LoadedModel | None = None
-        self.runtime: Runtime = select_runtime(self.serving.precision, cpu_bf16=False)
         self.status = "starting"
         self.generated_tokens = 0
         self.largest_batch = 0
@@ -189,6 +187,14 @@ class Engine:
               promoted: promotion.Promotion) -> LoadedModel:
         """The promoted adapter on its base, ready to generate (each engine loads it its own way)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _tokenizer(tokenizer_artifact: Artifact) -> tuple[Any, list[int]]:
+        """The base tokenizer every engine encodes prompts with, and the ids that end the assistant's turn."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path, local_files_only=True)
+        return tokenizer, tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
 
     # --- requests --------------------------------------------------------------------------------
 

@@ -78,7 +78,6 @@ class OpenVINOEngine(Engine):
     def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
               promoted: promotion.Promotion) -> LoadedModel:
         import openvino_genai
-        from transformers import AutoTokenizer
 
         start = time.monotonic()
         ir = open_artifact(self.base_model_openvino, BASE_MODEL_OPENVINO.artifact, BASE_MODEL_OPENVINO.kind)
@@ -89,8 +88,7 @@ class OpenVINOEngine(Engine):
         fused = openvino_genai.AdapterConfig(openvino_genai.Adapter(str(adapter.path / "adapter_model.safetensors")),
                                              adapter_alpha(adapter.path), openvino_genai.AdapterConfig.Mode.MODE_FUSE)
         pipeline = openvino_ir.pipeline(ir.path, self.serving.openvino, adapters=fused)
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path, local_files_only=True)
-        eos = tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
+        tokenizer, eos = self._tokenizer(tokenizer_artifact)
         log.info("loaded %s (OpenVINO IR %s) + adapter %s (%s, fused) in %.1fs", base.manifest.name,
                  ir.manifest.digest[:12], adapter.manifest.name, adapter.manifest.digest[:12],
                  time.monotonic() - start)

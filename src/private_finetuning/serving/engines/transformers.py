@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from pathlib import Path
 from typing import Any
 
 from private_finetuning import promotion
 from private_finetuning.artifacts import Artifact
+from private_finetuning.config import PipelineConfig
 from private_finetuning.hf_io import load_published_model
+from private_finetuning.runtime import Runtime, select_runtime
 from private_finetuning.serving.engines.base import Engine, LoadedModel, Request
 
 log = logging.getLogger("model-inference-server")
@@ -68,14 +71,15 @@ class BatchStreamer:
 class TransformersEngine(Engine):
     name = "transformers"
 
+    def __init__(self, config: PipelineConfig, *, base_model: Path, base_tokenizer: Path, fine_tuned: Path):
+        super().__init__(config, base_model=base_model, base_tokenizer=base_tokenizer, fine_tuned=fine_tuned)
+        self.runtime: Runtime = select_runtime(self.serving.precision, cpu_bf16=False)
+
     def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
               promoted: promotion.Promotion) -> LoadedModel:
-        from transformers import AutoTokenizer
-
         start = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path, local_files_only=True)
+        tokenizer, eos = self._tokenizer(tokenizer_artifact)
         model = load_published_model(base.path, adapter.path).to(self.runtime.device).eval()
-        eos = tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
         log.info("loaded %s + adapter %s (%s) on %s in %.1fs", base.manifest.name, adapter.manifest.name,
                  adapter.manifest.digest[:12], self.runtime.description, time.monotonic() - start)
         return LoadedModel(model, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,

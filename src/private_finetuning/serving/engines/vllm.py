@@ -50,8 +50,6 @@ class VLLMEngine(Engine):
 
     def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
               promoted: promotion.Promotion) -> LoadedModel:
-        from transformers import AutoTokenizer
-
         name = promoted.adapter_version or adapter.manifest.digest[:12]
         self.vllm_base = self.vllm_base or base.manifest.digest  # what vLLM loaded when the pod started
         if base.manifest.digest != self.vllm_base:
@@ -64,8 +62,7 @@ class VLLMEngine(Engine):
             if exc.code in (400, 404, 422):  # vLLM refused the adapter itself: not worth another try
                 raise ArtifactError(f"vLLM refused the adapter: {exc.read().decode(errors='replace')[:300]}") from None
             raise
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_artifact.path, local_files_only=True)
-        eos = tokenizer_artifact.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
+        tokenizer, eos = self._tokenizer(tokenizer_artifact)
         previous = self.loaded
         log.info("vLLM loaded adapter %s (%s) as %s", adapter.manifest.name, adapter.manifest.digest[:12], name)
         if previous is not None:
