@@ -5,8 +5,9 @@ working folder ``/app`` is ``components/<image>/``, and ``0.0.0.0`` becomes ``12
 on every interface; a laptop should not). Each process gets a session of its own, so a terminal's
 Ctrl-C reaches only the runner, which then stops them in order; and each dies with the runner.
 CPU requests weigh as they do on a node: a kubelet gives a container cgroup CPU shares in proportion
-to its request, so a 50m Job barely slows a 1-CPU training; here each process gets the nice value
-whose scheduler weight is closest to that proportion (:func:`nice_for`).
+to its request; here each process gets the nice value whose scheduler weight is closest to that
+proportion (:func:`nice_for`). On 2 cores a small Job still slows training more than its weight
+says: torch's intra-op threads wait for each other whenever one of them is preempted.
 """
 
 from __future__ import annotations
