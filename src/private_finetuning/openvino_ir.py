@@ -105,15 +105,23 @@ def pipeline(ir_dir: Path, settings: Any, adapters: Any = None, kv_blocks: int |
     return openvino_genai.ContinuousBatchingPipeline(str(ir_dir), scheduler, "CPU", properties)
 
 
-def greedy(pipe: Any, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
-    """Greedy tokens from a pipeline for one prompt, through the same add_request/step path serving uses."""
+def add_request(pipe: Any, request_id: int, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int],
+                temperature: float = 0.0, top_p: float = 1.0) -> Any:
+    """Queue one prompt (token ids) on a pipeline; its handle. Temperature 0 is greedy decoding."""
     import numpy as np
     import openvino
     import openvino_genai
 
     config = openvino_genai.GenerationConfig()
-    config.max_new_tokens, config.stop_token_ids, config.do_sample = max_new_tokens, stop_ids, False
-    handle = pipe.add_request(0, openvino.Tensor(np.array([prompt_ids], dtype=np.int64)), config)
+    config.max_new_tokens, config.stop_token_ids, config.do_sample = max_new_tokens, stop_ids, temperature > 0
+    if config.do_sample:
+        config.temperature, config.top_p = temperature, top_p
+    return pipe.add_request(request_id, openvino.Tensor(np.array([prompt_ids], dtype=np.int64)), config)
+
+
+def greedy(pipe: Any, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+    """Greedy tokens from a pipeline for one prompt, through the same add_request/step path serving uses."""
+    handle = add_request(pipe, 0, prompt_ids, max_new_tokens, stop_ids)
     tokens: list[int] = []
     while pipe.has_non_finished_requests():
         pipe.step()

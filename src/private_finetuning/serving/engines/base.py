@@ -221,6 +221,24 @@ class Engine:
         return True
 
     @staticmethod
+    def stream(request: Request, tokenizer: Any, tokens: list[int], sent: str) -> str:
+        """Send a streaming request the text its ``tokens`` add to what was ``sent``; what is sent now.
+
+        Text that ends inside a multi-byte character waits for the rest of it."""
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if request.stream is None or text.endswith("\ufffd"):
+            return sent
+        if text[len(sent):]:
+            request.stream.put(text[len(sent):])
+        return text
+
+    def complete(self, request: Request, text: str, completion_tokens: int, finish_reason: str) -> None:
+        """A request answered in full: its text, token count and why it stopped, counted in the metrics."""
+        request.text, request.completion_tokens, request.finish_reason = text.strip(), completion_tokens, finish_reason
+        self.generated_tokens += completion_tokens
+        self.finish(request)
+
+    @staticmethod
     def finish(request: Request, error: str | None = None) -> None:
         request.error = error
         if request.stream is not None:

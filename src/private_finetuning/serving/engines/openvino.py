@@ -130,22 +130,10 @@ class OpenVINOEngine(Engine):
             if loaded is None:  # cannot happen: requests are refused until a model is loaded
                 self.finish(request, error="no model loaded")
                 continue
-            handle = loaded.model.add_request(next(self._ids), _tensor(request.prompt_ids),
-                                              self._generation_config(request, loaded.eos_token_ids))
+            temperature, top_p = request.sampling_key
+            handle = openvino_ir.add_request(loaded.model, next(self._ids), request.prompt_ids,
+                                             request.max_new_tokens, set(loaded.eos_token_ids), temperature, top_p)
             running.append(Running(request, handle, loaded))
-
-    @staticmethod
-    def _generation_config(request: Request, eos_token_ids: list[int]) -> Any:
-        import openvino_genai
-
-        config = openvino_genai.GenerationConfig()
-        config.max_new_tokens = request.max_new_tokens
-        config.stop_token_ids = set(eos_token_ids)
-        temperature, top_p = request.sampling_key
-        config.do_sample = temperature > 0
-        if config.do_sample:
-            config.temperature, config.top_p = temperature, top_p
-        return config
 
     def _advance(self, r: Running, now: float) -> bool:
         """Take the request's new tokens and stream them; True once the request has ended."""
@@ -162,23 +150,9 @@ class OpenVINOEngine(Engine):
                         else "generation passed the request deadline")
             return True
         if request.stream is not None:
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                delta, r.sent = text[len(r.sent):], text
-                if delta:
-                    request.stream.put(delta)
+            r.sent = self.stream(request, tokenizer, tokens, r.sent)
         if r.handle.get_status() == openvino_genai.GenerationStatus.RUNNING:
             return False
-        request.text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        request.completion_tokens = len(tokens)
-        request.finish_reason = "length" if len(tokens) >= request.max_new_tokens else "stop"
-        self.generated_tokens += len(tokens)
-        self.finish(request)
+        self.complete(request, tokenizer.decode(tokens, skip_special_tokens=True), len(tokens),
+                      "length" if len(tokens) >= request.max_new_tokens else "stop")
         return True
-
-
-def _tensor(ids: list[int]) -> Any:
-    import numpy as np
-    import openvino
-
-    return openvino.Tensor(np.array([ids], dtype=np.int64))

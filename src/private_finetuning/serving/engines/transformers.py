@@ -54,11 +54,7 @@ class BatchStreamer:
                 continue
             self.tokens[row].append(token)
             if request.stream is not None:
-                text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    delta, self.sent[row] = text[len(self.sent[row]):], text
-                    if delta:
-                        request.stream.put(delta)
+                self.sent[row] = Engine.stream(request, self.tokenizer, self.tokens[row], self.sent[row])
 
     def end(self) -> None:
         pass
@@ -134,10 +130,6 @@ class TransformersEngine(Engine):
             if request.done.is_set():  # ended early: past its deadline, or cancelled
                 continue
             tokens = streamer.tokens[row]
-            request.text = loaded.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            request.completion_tokens = len(tokens)
-            request.finish_reason = "stop" if streamer.finished[row] and len(tokens) < request.max_new_tokens \
-                else "length"
-            self.generated_tokens += len(tokens)
-            self.finish(request)
+            self.complete(request, loaded.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens),
+                          "stop" if streamer.finished[row] and len(tokens) < request.max_new_tokens else "length")
 

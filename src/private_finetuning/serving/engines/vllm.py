@@ -132,7 +132,4 @@ class VLLMEngine(Engine):
                         request.stream.put(delta)
                     finish = choice.get("finish_reason") or finish
                 tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
-        request.text, request.completion_tokens = text.strip(), tokens
-        request.finish_reason = "length" if finish == "length" else "stop"
-        self.generated_tokens += tokens
-        self.finish(request)
+        self.complete(request, text, tokens, "length" if finish == "length" else "stop")
