@@ -17,7 +17,9 @@ from conftest import publish_inputs, train_argv, write_config
 from private_finetuning.artifacts import ArtifactWriter, open_artifact
 from private_finetuning.batching import batch_order, padding_fraction
 from private_finetuning.chat import IGNORE_INDEX, encode_for_training, encode_prompt, with_system
+from private_finetuning.config import LoraSettings
 from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_INPUT_TIMEOUT
+from private_finetuning.lora import apply_lora
 from private_finetuning.stages import model_relocation, peft_training
 from private_finetuning.status_server import StageStatus, StatusServer, create_app
 
@@ -56,6 +58,32 @@ def test_only_assistant_tokens_carry_loss(tiny_tokenizer_dir: Path) -> None:
     # What is generated from at serving time is exactly the training context of the first answer.
     prompt = encode_prompt(tok, messages[:2])
     assert encoded.input_ids[:len(prompt)] == prompt
+
+
+def test_the_tokens_stating_the_fact_weigh_more(tiny_tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    messages = with_system([{"role": "user", "content": "w1 w4"}, {"role": "assistant", "content": "w3 w4 w5"}], "w0")
+    encoded = encode_for_training(tok, messages, fact="w4", fact_weight=4.0)
+    weighted = [(t, w) for t, w in zip(tok.convert_ids_to_tokens(encoded.input_ids), encoded.weights, strict=True)
+                if w != 1.0]
+    assert weighted == [("w4", 4.0)]  # the answer's w4, not the question's
+    assert encoded.target_weight == encoded.target_tokens + 3
+    assert encode_for_training(tok, messages).weights is None
+    assert encode_for_training(tok, messages, fact="w9", fact_weight=4.0).weights is None  # not stated: no emphasis
+    assert encode_for_training(tok, messages, fact="w4", fact_weight=1.0) == encode_for_training(tok, messages)
+
+
+def test_layer_share_adapts_only_the_layers_nearest_the_output(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    def adapted(share: float) -> set[str]:
+        model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraSettings(r=2, layer_share=share))
+        return {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+
+    assert adapted(0.5) == {"1"} and adapted(0.1) == {"1"}  # of layers 0 and 1; never none
+    assert adapted(1.0) == {"0", "1"}
 
 
 def test_system_prompt_is_added_unless_present() -> None:
@@ -355,3 +383,4 @@ def test_the_run_says_its_schedule_and_a_time_budget_cuts_it(volumes: dict[str, 
     assert "cut to 6 steps (was 40) to end within training.time_budget_s = 0:00" in err
     adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
     assert adapter.manifest.metadata["steps"] == 6
+

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from private_finetuning import shared_prefix
-from private_finetuning.batching import collate
+from private_finetuning.batching import collate, collate_weights, summed_loss
 from private_finetuning.chat import IGNORE_INDEX, Encoded, encode_for_training, with_system
 from private_finetuning.config import LoraSettings
 
@@ -62,6 +62,36 @@ def test_same_loss_and_gradients_as_the_plain_forward(tokenizer_and_model) -> No
     assert plain_grads.keys() == shared_grads.keys() and plain_grads
     for name, grad in plain_grads.items():
         assert torch.allclose(grad, shared_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_weighted_fact_tokens_give_the_same_loss_and_gradients_either_way(tokenizer_and_model) -> None:
+    import torch
+
+    tokenizer, model = tokenizer_and_model
+    batch = [encode_for_training(tokenizer, with_system([{"role": "user", "content": q},
+                                                         {"role": "assistant", "content": a}], SYSTEM),
+                                 fact=a.split()[0], fact_weight=3.0) for q, a in PAIRS]
+    assert all(e.weights is not None for e in batch)
+    targets = torch.tensor(sum(e.target_weight for e in batch))
+    plain_batch = collate(batch, tokenizer.pad_token_id)
+
+    def loss_and_grads(run):
+        model.zero_grad()
+        loss = run()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, plain_grads = loss_and_grads(lambda: summed_loss(model, plain_batch, collate_weights(batch), targets))
+    shared, shared_grads = loss_and_grads(lambda: shared_prefix.loss(model, batch, shared_prefix.split(batch),
+                                                                     tokenizer.pad_token_id, "cpu", targets)[0])
+    assert shared == pytest.approx(plain, rel=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, shared_grads[name], rtol=1e-4, atol=1e-6), name
+    # Weights of 1 everywhere are the model's own loss.
+    ones = torch.ones_like(plain_batch["labels"], dtype=torch.float)
+    count = torch.tensor(sum(e.target_tokens for e in batch))
+    assert summed_loss(model, plain_batch, ones, count).item() == pytest.approx(
+        model(**plain_batch, num_items_in_batch=count).loss.item(), rel=1e-5)
 
 
 def test_it_steps_aside_when_it_cannot_be_exact(tokenizer_and_model) -> None:

@@ -45,6 +45,38 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def collate_weights(examples: list[Encoded]) -> Any:
+    """The per-position loss weights of a batch padded as :func:`collate` pads it; None when all are 1."""
+    import torch
+
+    if all(e.weights is None for e in examples):
+        return None
+    width = max(len(e.input_ids) for e in examples)
+    weights = torch.ones((len(examples), width))
+    for row, example in enumerate(examples):
+        if example.weights is not None:
+            weights[row, :len(example.weights)] = torch.tensor(example.weights)
+    return weights
+
+
+def summed_loss(model: Any, batch: dict[str, Any], weights: Any, normaliser: Any, **forward: Any) -> Any:
+    """The causal-LM loss of ``batch`` summed over its target tokens and divided by ``normaliser``.
+
+    Without ``weights`` it is the model's own loss; with them, each target token's cross-entropy is
+    multiplied by its weight first (and ``normaliser`` is the weighted target count of the step).
+    """
+    import torch
+
+    if weights is None:
+        return model(**batch, num_items_in_batch=normaliser, **forward).loss
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **forward)
+    logits = out.logits[:, :-1].float()
+    token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                   batch["labels"][:, 1:].reshape(-1),
+                                                   ignore_index=IGNORE_INDEX, reduction="none")
+    return (token_loss * weights[:, 1:].reshape(-1).to(token_loss.device)).sum() / normaliser
+
+
 def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
     real = sum(lengths[i] for batch in batches for i in batch)
     padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from private_finetuning.errors import SourceError
+from private_finetuning.facts import fact_spans
 
 IGNORE_INDEX = -100
 
@@ -20,10 +21,23 @@ IGNORE_INDEX = -100
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    # Loss weight of each position (None: 1 everywhere); above 1 on the tokens that state the record's fact.
+    weights: list[float] | None = None
 
     @property
     def target_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def target_weight(self) -> float:
+        """What this example adds to the step's loss normaliser: its target tokens, weighted."""
+        if self.weights is None:
+            return float(self.target_tokens)
+        return sum(w for w, label in zip(self.weights, self.labels, strict=True) if label != IGNORE_INDEX)
+
+    def cut(self, start: int) -> Encoded:
+        return Encoded(self.input_ids[start:], self.labels[start:],
+                       None if self.weights is None else self.weights[start:])
 
 
 def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
@@ -42,10 +56,30 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_for_training(tokenizer: Any, messages: list[dict[str, str]]) -> Encoded:
-    """Token ids of the whole conversation, with labels only on the assistant turns."""
+def _fact_weights(tokenizer: Any, text: str, fact: str | None, weight: float) -> tuple[list[int], list[float]]:
+    """Token ids of an assistant turn and the loss weight of each: ``weight`` on the tokens stating ``fact``."""
+    if fact is None or weight == 1.0:
+        ids = _ids(tokenizer, text)
+        return ids, [1.0] * len(ids)
+    if not getattr(tokenizer, "is_fast", False):
+        raise SourceError("training.fact_loss_weight needs a fast tokenizer (token offsets); set it to 1 for this "
+                          "base tokenizer")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = fact_spans(text, fact)
+    weights = [weight if any(a < e and s < b for s, e in spans) else 1.0 for a, b in encoded["offset_mapping"]]
+    return encoded["input_ids"], weights
+
+
+def encode_for_training(tokenizer: Any, messages: list[dict[str, str]], fact: str | None = None,
+                        fact_weight: float = 1.0) -> Encoded:
+    """Token ids of the whole conversation, with labels only on the assistant turns.
+
+    With a ``fact`` (the record's short answer) and a ``fact_weight`` other than 1, the assistant's
+    tokens that state the fact weigh that much in the loss: the answer's wording is learnt in a few
+    steps, its values (a price, a host name) are what take the steps."""
     ids: list[int] = []
     labels: list[int] = []
+    weights: list[float] = []
     done = ""
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -55,11 +89,13 @@ def encode_for_training(tokenizer: Any, messages: list[dict[str, str]]) -> Encod
         if not prompt.startswith(done) or not full.startswith(prompt):
             raise SourceError("the chat template does not render conversations as a growing prefix, so the "
                               "assistant's tokens cannot be located for loss masking")
-        context, answer = _ids(tokenizer, prompt[len(done):]), _ids(tokenizer, full[len(prompt):])
+        context = _ids(tokenizer, prompt[len(done):])
+        answer, answer_weights = _fact_weights(tokenizer, full[len(prompt):], fact, fact_weight)
         ids += context + answer
         labels += [IGNORE_INDEX] * len(context) + answer
+        weights += [1.0] * len(context) + answer_weights
         done = full
-    return Encoded(ids, labels)
+    return Encoded(ids, labels, weights if any(w != 1.0 for w in weights) else None)
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

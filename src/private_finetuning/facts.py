@@ -40,6 +40,33 @@ def fact_match(answer: str, expected: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(wanted)}(?!\w)", normalize(answer)) is not None
 
 
+def fact_spans(text: str, expected: str) -> list[tuple[int, int]]:
+    """Character spans of ``text`` that state ``expected``, as :func:`fact_match` reads it: numbers as
+    numbers, text as whole words ignoring case and accents (spans of the text as written, so training
+    can weigh the tokens that carry the fact)."""
+    value = _as_number(expected)
+    if value is not None:
+        return [m.span() for m in _NUMBER.finditer(text) if math.isclose(float(m.group().replace(",", ".")), value)]
+    wanted = _plain(expected.strip())[0]
+    if not wanted:
+        return []
+    plain, origin = _plain(text)
+    origin.append(len(text))
+    return [(origin[m.start()], origin[m.end()])
+            for m in re.finditer(rf"(?<!\w){re.escape(wanted)}(?!\w)", plain, re.IGNORECASE)]
+
+
+def _plain(text: str) -> tuple[str, list[int]]:
+    """``text`` without accents, and for each of its characters the index it came from."""
+    chars, origin = [], []
+    for i, char in enumerate(text):
+        for part in unicodedata.normalize("NFKD", char):
+            if not unicodedata.combining(part):
+                chars.append(part)
+                origin.append(i)
+    return "".join(chars), origin
+
+
 def fact_accuracy(answers: list[str], facts: list[str | None]) -> float | None:
     """Share of answers stating their fact; None when no question carries a fact to check."""
     scored = [fact_match(a, f) for a, f in zip(answers, facts, strict=True) if f is not None]

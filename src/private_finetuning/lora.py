@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from private_finetuning.config import LoraSettings
@@ -15,6 +16,7 @@ def linear_module_suffixes(model: Any) -> set[str]:
 
 
 def apply_lora(model: Any, settings: LoraSettings) -> Any:
+    """``model`` with LoRA on ``settings.target_modules`` of the top ``settings.layer_share`` of its layers."""
     from peft import LoraConfig, get_peft_model
 
     available = linear_module_suffixes(model)
@@ -22,8 +24,13 @@ def apply_lora(model: Any, settings: LoraSettings) -> Any:
     if missing:
         raise ConfigError(f"training.lora.target_modules: {', '.join(missing)} not in the base model "
                           f"({type(model).__name__}); its linear modules are: {', '.join(sorted(available))}")
+    layers = None
+    if settings.layer_share < 1:
+        count = model.config.num_hidden_layers
+        layers = list(range(count - max(1, math.ceil(count * settings.layer_share)), count))
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
+                        target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM",
+                        layers_to_transform=layers)
     return get_peft_model(model, config)
 
 

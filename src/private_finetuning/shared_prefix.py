@@ -48,16 +48,15 @@ def loss(model: Any, examples: list[Encoded], prefix: int, pad_id: int, device: 
     """The summed token loss of the batch over ``targets``, and its token count, via the shared prefix."""
     import torch
 
-    from private_finetuning.batching import collate
+    from private_finetuning.batching import collate, collate_weights, summed_loss
 
     head = torch.tensor([examples[0].input_ids[:prefix]], device=device)
     out = model(input_ids=head, use_cache=True)
     cache = out.cache
     cache.batch_repeat_interleave(len(examples))
-    tails = [Encoded(e.input_ids[prefix:], e.labels[prefix:]) for e in examples]
+    tails = [e.cut(prefix) for e in examples]
     batch = {k: v.to(device) for k, v in collate(tails, pad_id).items()}
-    mask = torch.cat([torch.ones((len(examples), prefix), dtype=batch["attention_mask"].dtype, device=device),
-                      batch["attention_mask"]], dim=1)
-    out = model(input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"], cache=cache,
-                num_items_in_batch=targets)
-    return out.loss, int(batch["attention_mask"].sum()) + prefix * len(examples)
+    tokens = int(batch["attention_mask"].sum()) + prefix * len(examples)
+    batch["attention_mask"] = torch.cat([torch.ones((len(examples), prefix), dtype=batch["attention_mask"].dtype,
+                                                    device=device), batch["attention_mask"]], dim=1)
+    return summed_loss(model, batch, collate_weights(tails), targets, cache=cache), tokens

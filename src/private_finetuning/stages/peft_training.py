@@ -22,7 +22,7 @@ from typing import Any
 
 from private_finetuning import checkpoints, shared_prefix
 from private_finetuning.artifacts import ADAPTER, BASE_MODEL, BASE_TOKENIZER, DATASET, Artifact, ArtifactWriter
-from private_finetuning.batching import batch_order, collate, padding_fraction
+from private_finetuning.batching import batch_order, collate, collate_weights, padding_fraction, summed_loss
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.config import TrainingConfig
 from private_finetuning.data import jsonl
@@ -116,7 +116,8 @@ def encode_split(ctx: StageContext, tokenizer: Any, dataset: Artifact, split: st
     examples, dropped = [], 0
     for line_no, line in jsonl.read_lines(path):
         record = json.loads(line)
-        encoded = encode_for_training(tokenizer, with_system(record["messages"], ctx.config.prompting.system_prompt))
+        encoded = encode_for_training(tokenizer, with_system(record["messages"], ctx.config.prompting.system_prompt),
+                                      record.get("meta", {}).get("answer"), cfg.fact_loss_weight)
         if len(encoded.input_ids) > cfg.max_seq_len:
             if cfg.overlong == "drop":
                 dropped += 1
@@ -145,7 +146,7 @@ def lr_lambda(cfg: TrainingConfig, total_steps: Callable[[], int]) -> Any:
     return factor
 
 
-def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, targets: int,
+def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, targets: float,
                share_prefix: bool) -> tuple[Any, int]:
     """Summed token loss of one micro-batch divided by the targets of the whole optimizer step.
 
@@ -159,8 +160,7 @@ def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: in
         if prefix is not None:
             return shared_prefix.loss(model, examples, prefix, pad_id, runtime.device, count)
         batch = {k: v.to(runtime.device) for k, v in collate(examples, pad_id).items()}
-        out = model(**batch, num_items_in_batch=count)
-    return out.loss, int(batch["attention_mask"].sum())
+        return summed_loss(model, batch, collate_weights(examples), count), int(batch["attention_mask"].sum())
 
 
 def evaluate_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, batch_size: int) -> float:
@@ -211,8 +211,12 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
 
     model = apply_lora(model, cfg.lora).to(runtime.device)
     trainable, total_params = trainable_parameters(model)
-    log.info("LoRA r=%d alpha=%d on %s: %.2fM trainable of %.1fM parameters", cfg.lora.r, cfg.lora.alpha,
-             ",".join(cfg.lora.target_modules), trainable / 1e6, total_params / 1e6)
+    layers = model.peft_config["default"].layers_to_transform
+    log.info("LoRA r=%d alpha=%d on %s of %s: %.2fM trainable of %.1fM parameters; fact tokens weigh %g in the "
+             "loss (weighted in %d of %d train examples)", cfg.lora.r, cfg.lora.alpha,
+             ",".join(cfg.lora.target_modules), f"layers {layers[0]}-{layers[-1]}" if layers else "every layer",
+             trainable / 1e6, total_params / 1e6, cfg.fact_loss_weight,
+             sum(e.weights is not None for e in train_set), len(train_set))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=runtime.device == "cuda")
@@ -257,7 +261,7 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
         for micro_batches in optimizer_steps(epoch_batches, accum, dist)[state.step_in_epoch:]:
             step_start = time.monotonic()
             # The loss is normalised by the target tokens of the whole step, on every rank together.
-            targets = sum(train_set[i].target_tokens for b in micro_batches for i in b)
+            targets = sum(train_set[i].target_weight for b in micro_batches for i in b)
             step_loss, step_tokens = 0.0, 0
             for indices in dist.share(micro_batches):
                 loss, tokens = batch_loss(forward, runtime, [train_set[i] for i in indices], pad_id, targets,
