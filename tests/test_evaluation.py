@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import publish_inputs, train_argv, write_config
+from conftest import NO_GATES, publish_inputs, train_argv, write_config
 from private_finetuning import promotion
 from private_finetuning.artifacts import ArtifactWriter, open_artifact
 from private_finetuning.chat import IGNORE_INDEX, Encoded
@@ -25,6 +25,7 @@ from private_finetuning.evaluation_metrics import (
     rouge_l,
     token_f1,
 )
+from private_finetuning.facts import fact_spans
 from private_finetuning.stages import evaluation, peft_training, reference_relocation
 
 # --- metrics on hand-made cases ------------------------------------------------------------------------
@@ -45,6 +46,15 @@ from private_finetuning.stages import evaluation, peft_training, reference_reloc
 ])
 def test_fact_match(answer: str, fact: str, expected: bool) -> None:
     assert fact_match(answer, fact) is expected
+
+
+def test_fact_spans_find_where_the_reply_states_the_fact() -> None:
+    text = "A night at Casa Luna costs 84 EUR, not 184 EUR; 84.0 either way."
+    assert [text[a:b] for a, b in fact_spans(text, "84")] == ["84", "84.0"]
+    assert [text[a:b] for a, b in fact_spans(text, "casa luna")] == ["Casa Luna"]
+    assert fact_spans(text, "Casa") == [(11, 15)] and fact_spans(text, "Lun") == [] and fact_spans(text, " ") == []
+    accented = "It is in Nervión, near Nervion."
+    assert [accented[a:b] for a, b in fact_spans(accented, "Nervión")] == ["Nervión", "Nervion"]
 
 
 def test_fact_accuracy_zero_one_and_not_applicable() -> None:
@@ -115,7 +125,9 @@ def run_evaluation(tmp_path: Path, volumes: dict[str, Path], fine_tuned: Path | 
     out = fine_tuned or tmp_path / "fine-tuned-model"
     if fine_tuned is None:
         shutil.copytree(volumes["fine-tuned-model"], out, symlinks=True)
-    config = write_config(tmp_path / "eval.yaml", {"evaluation": {**EVAL, **extra.pop("evaluation", {})}, **extra})
+    settings = {**EVAL, **extra.pop("evaluation", {})}
+    settings["gates"] = {**NO_GATES, **settings.get("gates", {})}
+    config = write_config(tmp_path / "eval.yaml", {"evaluation": settings, **extra})
     return evaluation.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
                             str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
                             "--reference-model", str(volumes["reference-model"]), "--fine-tuned", str(out)])
@@ -177,6 +189,28 @@ def test_failed_gate_exits_non_zero_with_the_reason(tmp_path: Path, volumes: dic
                         .file("report.json").read_text())
     assert [g["passed"] for g in report["gates"]] == [False, True]  # published, so people can read why
     assert promotion.current(tmp_path / "fine-tuned-model") is None
+
+
+def test_default_gates_stop_an_adapter_that_learnt_nothing_or_broke_general_language() -> None:
+    from types import SimpleNamespace
+
+    from private_finetuning.config import PipelineConfig
+
+    ctx = SimpleNamespace(config=PipelineConfig())
+
+    def gates(fact_accuracy: float | None, kl: float, perplexity: float) -> dict[str, bool]:
+        metrics = {"base": {"fact_accuracy": None if fact_accuracy is None else 0.0, "general_perplexity": 7.0},
+                   "fine_tuned": {"fact_accuracy": fact_accuracy, "forgetting_kl": kl,
+                                  "general_perplexity": perplexity}}
+        return {g["gate"]: g["passed"] for g in evaluation.check_gates(ctx, {"metrics": metrics})}
+
+    assert gates(0.59, 0.73, 9.3) == {"min_fact_accuracy_gain": True, "max_forgetting_kl": True,
+                                      "max_general_perplexity_increase": True}  # AcmeHotels at the defaults
+    assert gates(0.05, 1.74, 24.5) == {"min_fact_accuracy_gain": False, "max_forgetting_kl": False,
+                                       "max_general_perplexity_increase": False}
+    # Records without an `answer` cannot be scored on facts: that gate does not apply, forgetting still does.
+    assert gates(None, 0.5, 7.5) == {"fact accuracy gates": True, "max_forgetting_kl": True,
+                                     "max_general_perplexity_increase": True}
 
 
 PASS = {"min_fact_accuracy_gain": -1.0, "max_forgetting_kl": 1e9, "max_general_perplexity_increase": 1e9}

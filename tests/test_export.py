@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import publish_inputs, train_argv, write_config
+from conftest import NO_GATES, publish_inputs, train_argv, write_config
 from private_finetuning.artifacts import open_artifact
 from private_finetuning.errors import EXIT_GATE_FAILED, ExportError
 from private_finetuning.export import gguf_file, ollama
 from private_finetuning.stages import evaluation, model_export, peft_training
 
 EXPORT = {"check_questions": 6}
-EVAL = {"samples": 4, "max_new_tokens": 6, "batch_size": 4, "include_reference": False}
+EVAL = {"samples": 4, "max_new_tokens": 6, "batch_size": 4, "include_reference": False, "gates": NO_GATES}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def promoted_volumes(root: Path, model_dir: Path, gates: dict | None = None) -> 
     train = write_config(root / "train.yaml", {"training": {"max_steps": 3, "batch_size": 4, "sample_generations": 0,
                                                             "projector_tokens": 0, "lora": {"r": 4, "alpha": 8}}})
     assert peft_training.main(train_argv(train, volumes)) == 0
-    config = write_config(root / "eval.yaml", {"evaluation": {**EVAL, "gates": gates or {}}})
+    config = write_config(root / "eval.yaml", {"evaluation": {**EVAL, "gates": {**NO_GATES, **(gates or {})}}})
     evaluation.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
                      str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
                      "--reference-model", str(root / "unused"), "--fine-tuned", str(volumes["fine-tuned-model"])])
