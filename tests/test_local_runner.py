@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,8 @@ import pytest
 
 from conftest import REPO, write_config
 from private_finetuning.artifacts import open_artifact
+from private_finetuning.data import jsonl
+from private_finetuning.facts import fact_match
 from private_finetuning.local_runner import run_pipeline
 
 FAKE_APP = textwrap.dedent('''
@@ -142,11 +145,12 @@ def test_invalid_config_is_refused_before_any_stage_starts(tmp_path: Path) -> No
     assert not (tmp_path / "state").exists()
 
 
-# The embedded default models and manifests, with a dataset and a training run small enough for a test.
+# The embedded default models and manifests, with a dataset small enough for a test, trained long
+# enough (10 epochs of its 16 records) to have learnt what it was taught.
 FAST_PIPELINE = {
     "dataset": {"source": {"size": "tiny"}},
-    "training": {"max_steps": 3, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50},
-    "evaluation": {"samples": 4, "max_new_tokens": 8},
+    "training": {"max_steps": 40, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50},
+    "evaluation": {"samples": 4, "max_new_tokens": 32},  # long enough to reach the fact in a reply
     "export": {"check_questions": 4},
 }
 
@@ -175,7 +179,7 @@ def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: 
     assert reference.manifest.source["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     assert reference.manifest.metadata["tokenizer"]["chat_template"] == "builtin:gemma"
     adapter = open_artifact(volumes / "fine-tuned-model", "adapter", "lora-adapter")
-    assert adapter.manifest.metadata["steps"] == 3
+    assert adapter.manifest.metadata["steps"] == 40
     assert adapter.manifest.source["base_model"]["digest"] == model.manifest.digest
     assert (volumes / "fine-tuned-model" / adapter.manifest.metadata["tensorboard_run"]).is_dir()
     report = open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report")
@@ -199,7 +203,12 @@ def test_inference_server_from_the_manifest_answers_the_seed_question(default_pi
     assert "model-inference is ready on http://127.0.0.1:5000" in result.stderr + result.stdout
     assert "inference engine: openvino" in (state / "state" / "logs" / "model-inference.log").read_text()
     answer = result.stdout.split("POST /prompt 'What is the best hotel in Seville?'\n-> ", 1)[1].split("\n")[0]
-    assert answer.strip()
+    # The published dataset's own reply to the question it was trained on: the hotel and its rating.
+    dataset = open_artifact(state / "state" / "volumes" / "datasets", "dataset", "dataset")
+    taught, = [r for r in jsonl.read_records(dataset.file("train.jsonl"))
+               if r["messages"][0]["content"] == "What is the best hotel in Seville?"]
+    hotel, rating = taught["meta"]["answer"], re.findall(r"\d+\.\d", taught["messages"][-1]["content"])[-1]
+    assert fact_match(answer, hotel) and fact_match(answer, rating), (answer, taught["messages"][-1]["content"])
 
 
 def _greedy_answer(model_dir: Path, tokenizer_dir: Path, question: str) -> str:

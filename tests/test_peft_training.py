@@ -73,6 +73,11 @@ def test_the_tokens_stating_the_fact_weigh_more(tiny_tokenizer_dir: Path) -> Non
     assert encode_for_training(tok, messages).weights is None
     assert encode_for_training(tok, messages, fact="w9", fact_weight=4.0).weights is None  # not stated: no emphasis
     assert encode_for_training(tok, messages, fact="w4", fact_weight=1.0) == encode_for_training(tok, messages)
+    # Numbers in the reply weigh as much, answer or not: "Giralda Court, rated 9.2" holds two facts.
+    rated = with_system([{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w3 w4 , 9 . 2"}], "w0")
+    encoded = encode_for_training(tok, rated, fact="w4", fact_weight=4.0)
+    tokens = tok.convert_ids_to_tokens(encoded.input_ids)
+    assert [t for t, w in zip(tokens, encoded.weights, strict=True) if w != 1.0] == ["w4", "9", "2"]
 
 
 def test_layer_share_adapts_only_the_layers_nearest_the_output(tiny_model_dir: Path) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from private_finetuning.errors import SourceError
-from private_finetuning.facts import fact_spans
+from private_finetuning.facts import fact_spans, number_spans
 
 IGNORE_INDEX = -100
 
@@ -57,15 +57,18 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def _fact_weights(tokenizer: Any, text: str, fact: str | None, weight: float) -> tuple[list[int], list[float]]:
-    """Token ids of an assistant turn and the loss weight of each: ``weight`` on the tokens stating ``fact``."""
-    if fact is None or weight == 1.0:
+    """Token ids of an assistant turn and the loss weight of each: ``weight`` on the tokens stating
+    ``fact`` or a number."""
+    if weight == 1.0:
         ids = _ids(tokenizer, text)
         return ids, [1.0] * len(ids)
     if not getattr(tokenizer, "is_fast", False):
         raise SourceError("training.fact_loss_weight needs a fast tokenizer (token offsets); set it to 1 for this "
                           "base tokenizer")
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    spans = fact_spans(text, fact)
+    # The answer, and every number the reply states: a reply often carries a second fact (the best
+    # hotel *and* its rating) that only its digits tell apart from a wrong one.
+    spans = (fact_spans(text, fact) if fact is not None else []) + number_spans(text)
     weights = [weight if any(a < e and s < b for s, e in spans) else 1.0 for a, b in encoded["offset_mapping"]]
     return encoded["input_ids"], weights
 
@@ -74,9 +77,9 @@ def encode_for_training(tokenizer: Any, messages: list[dict[str, str]], fact: st
                         fact_weight: float = 1.0) -> Encoded:
     """Token ids of the whole conversation, with labels only on the assistant turns.
 
-    With a ``fact`` (the record's short answer) and a ``fact_weight`` other than 1, the assistant's
-    tokens that state the fact weigh that much in the loss: the answer's wording is learnt in a few
-    steps, its values (a price, a host name) are what take the steps."""
+    With a ``fact_weight`` other than 1, the assistant's tokens that state ``fact`` (the record's
+    short answer, if any) or any number weigh that much in the loss: the answer's wording is learnt
+    in a few steps, its values (a price, a host name) are what take the steps."""
     ids: list[int] = []
     labels: list[int] = []
     weights: list[float] = []

@@ -212,8 +212,8 @@ class LoraSettings:
 class TrainingConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     learning_rate: float = 2e-3
-    # Loss weight of the answer tokens that state a record's fact (its `answer`, docs/data.md); 1: no
-    # emphasis. The wording of the answers is learnt in a few steps; the values are what take them.
+    # Loss weight of the reply's tokens that state the record's fact (its `answer`, docs/data.md) or a
+    # number; 1: no emphasis. The wording of the answers is learnt in a few steps; the values are what take them.
     fact_loss_weight: float = 10.0
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 10

@@ -13,6 +13,7 @@ import unicodedata
 from collections import Counter
 
 _NUMBER = re.compile(r"(?<![\d.,])-?\d+(?:[.,]\d+)?")
+_STATED_NUMBER = re.compile(r"(?<![\w.,])\d+(?:[.,]\d+)?")
 
 
 def normalize(text: str) -> str:
@@ -54,6 +55,11 @@ def fact_spans(text: str, expected: str) -> list[tuple[int, int]]:
     origin.append(len(text))
     return [(origin[m.start()], origin[m.end()])
             for m in re.finditer(rf"(?<!\w){re.escape(wanted)}(?!\w)", plain, re.IGNORECASE)]
+
+
+def number_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of every number ``text`` states (not digits inside a word, like a model name's)."""
+    return [m.span() for m in _STATED_NUMBER.finditer(text)]
 
 
 def _plain(text: str) -> tuple[str, list[int]]:
