@@ -54,7 +54,8 @@ def stage(module: str, config: Path, **volumes: Path) -> None:
         argv += [f"--{flag.replace('_', '-')}", str(path)]
     result = subprocess.run(argv, capture_output=True, text=True, check=False,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if result.returncode not in (0, EXIT_GATE_FAILED if module == "evaluation" else 0):
+    allowed = {0, EXIT_GATE_FAILED} if module == "evaluation" else {0}
+    if result.returncode not in allowed:
         raise SystemExit(f"{module} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
 

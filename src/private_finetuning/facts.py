@@ -30,11 +30,16 @@ def _as_number(text: str) -> float | None:
     return float(text.replace(",", "."))
 
 
+def _numbers_equal_to(text: str, value: float) -> list[re.Match[str]]:
+    """The numbers ``text`` states that equal ``value`` (``84`` and ``84.0``, not ``184``)."""
+    return [m for m in _NUMBER.finditer(text) if math.isclose(float(m.group().replace(",", ".")), value)]
+
+
 def fact_match(answer: str, expected: str) -> bool:
     """True when ``answer`` states ``expected``: as a number if it is one, else as whole words."""
     value = _as_number(expected)
     if value is not None:
-        return any(math.isclose(float(n.replace(",", ".")), value) for n in _NUMBER.findall(answer))
+        return bool(_numbers_equal_to(answer, value))
     wanted = normalize(expected)
     if not wanted:
         return False
@@ -42,12 +47,12 @@ def fact_match(answer: str, expected: str) -> bool:
 
 
 def fact_spans(text: str, expected: str) -> list[tuple[int, int]]:
-    """Character spans of ``text`` that state ``expected``, as :func:`fact_match` reads it: numbers as
-    numbers, text as whole words ignoring case and accents (spans of the text as written, so training
-    can weigh the tokens that carry the fact)."""
+    """Character spans of ``text`` that state ``expected``: numbers as :func:`fact_match` reads them,
+    text as whole words ignoring case and accents but, unlike :func:`fact_match`, with the spacing and
+    punctuation as written (spans of the text itself, so training can weigh the tokens of the fact)."""
     value = _as_number(expected)
     if value is not None:
-        return [m.span() for m in _NUMBER.finditer(text) if math.isclose(float(m.group().replace(",", ".")), value)]
+        return [m.span() for m in _numbers_equal_to(text, value)]
     wanted = _plain(expected.strip())[0]
     if not wanted:
         return []
