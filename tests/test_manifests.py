@@ -96,7 +96,12 @@ def test_operations_jobs_validate_are_hardened_and_run_a_pft_command() -> None:
         assert helped.value.code == 0
 
 
+HOST_ACCESS = ("hostNetwork", "hostPID", "hostIPC")
+
+
 def assert_hardened(obj: dict) -> None:
+    """What Pod Security's "restricted" standard asks of every pod, and what this project adds: no API token,
+    labels, scratch space, requests and limits, probes on every container of a Deployment."""
     for template in pod_templates(obj):
         where = f"{obj['kind']}/{obj['metadata'].get('name') or obj['metadata']['generateName']}"
         labels = template["metadata"]["labels"]
@@ -106,20 +111,50 @@ def assert_hardened(obj: dict) -> None:
         pod = template["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, where
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert pod.get("automountServiceAccountToken") is False, f"{where}: mounts a service-account token"
+        assert not any(pod.get(key) for key in HOST_ACCESS), f"{where}: shares a host namespace"
+        assert not any("hostPath" in v for v in pod["volumes"]), f"{where}: mounts a host path"
         scratch = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
-        for container in pod["containers"]:
-            sc = container["securityContext"]
-            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, where
-            assert sc["capabilities"]["drop"] == ["ALL"], where
-            assert {m["name"] for m in container["volumeMounts"]} & scratch, f"{where}: no emptyDir for scratch"
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            name = f"{where} container {container['name']}"
+            sc = container.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True, name
+            capabilities = sc.get("capabilities", {})
+            assert capabilities.get("drop") == ["ALL"] and not capabilities.get("add"), name
+            assert not sc.get("privileged"), name
+            assert {m["name"] for m in container["volumeMounts"]} & scratch, f"{name}: no emptyDir for scratch"
             resources = container["resources"]
-            assert resources["requests"]["cpu"] and resources["requests"]["memory"], where
-            assert resources["limits"]["memory"], where
+            assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
+            assert resources["limits"]["memory"], name
         if obj["kind"] == "Deployment":
-            assert container["readinessProbe"] and container["livenessProbe"], where
+            for container in pod["containers"]:
+                assert container.get("readinessProbe") and container.get("livenessProbe"), \
+                    f"{where} container {container['name']}: no probes"
 
 
-def test_network_policies_deny_all_egress_and_admit_only_the_two_services(rendered: list[dict]) -> None:
+def test_the_namespace_enforces_the_restricted_pod_security_standard(rendered: list[dict]) -> None:
+    (namespace,) = [o for o in rendered if o["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_the_hardening_check_catches_what_it_is_for(rendered: list[dict]) -> None:
+    job = next(o for o in rendered if o["kind"] == "Job")
+    for spoil in (lambda pod: pod.pop("automountServiceAccountToken"),
+                  lambda pod: pod.update(hostNetwork=True),
+                  lambda pod: pod["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
+                  lambda pod: pod.update(initContainers=[{**pod["containers"][0], "name": "init",
+                                                          "securityContext": {}}])):
+        broken = json.loads(json.dumps(job))
+        spoil(broken["spec"]["template"]["spec"])
+        with pytest.raises(AssertionError):
+            assert_hardened(broken)
+
+
+DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+       "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+
+
+def test_network_policies_deny_all_egress_and_admit_only_the_inference_server(rendered: list[dict]) -> None:
     policies = [o for o in rendered if o["kind"] == "NetworkPolicy"]
     deny = [p for p in policies if p["spec"]["podSelector"] == {}]
     assert len(deny) == 1
@@ -127,15 +162,27 @@ def test_network_policies_deny_all_egress_and_admit_only_the_two_services(render
     assert not deny[0]["spec"].get("egress") and not deny[0]["spec"].get("ingress")
     allowed = {}
     for policy in policies:
-        for rule in policy["spec"].get("egress", []):  # only towards the pod's own kind (training ranks)
-            assert [peer["podSelector"] for peer in rule["to"]] == [policy["spec"]["podSelector"]], \
-                f"{policy['metadata']['name']} opens egress beyond its own pods"
-        if policy["spec"].get("ingress") and "from" not in policy["spec"]["ingress"][0]:
-            name = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
-            allowed[name] = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed == {"model-inference-server": {5000}, "tensorboard": {6006}}
+        for rule in policy["spec"].get("egress", []):  # only the pod's own kind (training ranks), and their DNS
+            peers = [peer.get("podSelector") for peer in rule["to"]]
+            if peers == [policy["spec"]["podSelector"]]:
+                assert "ports" not in rule
+                continue
+            assert rule["to"] == [DNS], f"{policy['metadata']['name']} opens egress beyond its own pods and DNS"
+            assert sorted((p["port"], p["protocol"]) for p in rule["ports"]) == [(53, "TCP"), (53, "UDP")]
+        for rule in policy["spec"].get("ingress", []):
+            if "from" not in rule:  # open to any pod: only the inference server, on its port
+                name = policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                allowed[name] = {p["port"] for p in rule["ports"]}
+    # TensorBoard reads the whole fine-tuned-model volume (private samples): port-forward only, no pod reaches it.
+    assert allowed == {"model-inference-server": {5000}}
     pods = {t["metadata"]["labels"]["app.kubernetes.io/name"] for o in workloads(rendered) for t in pod_templates(o)}
     assert {"model-inference-server", "tensorboard"} <= pods
+
+
+def test_training_ranks_may_resolve_each_other_through_the_cluster_dns() -> None:
+    rendered = render(REPO / "k8s" / "overlays" / "distributed")
+    (ranks,) = [o for o in rendered if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "allow-training-ranks"]
+    assert any(rule["to"] == [DNS] for rule in ranks["spec"]["egress"])
 
 
 def test_optional_autoscaler_targets_the_inference_deployment() -> None:
