@@ -40,7 +40,15 @@ class StandIn:
         app.post("/v1/load_lora_adapter")(self.load)
         app.post("/v1/unload_lora_adapter")(self.unload)
         app.post("/v1/completions")(self.complete)
+        app.get("/v1/models")(self.list_models)
         self.app = app
+
+    def list_models(self) -> Response:
+        return Response(json.dumps({"object": "list", "data": [{"id": "base"}, *({"id": n} for n in self.models)]}))
+
+    def restart(self) -> None:
+        """As a restarted sidecar: the runtime-loaded adapters are gone."""
+        self.models.clear()
 
     def load(self) -> Response:
         from private_finetuning.hf_io import load_published_model
@@ -49,6 +57,9 @@ class StandIn:
         self.calls.append(("load", body))
         if not (Path(body["lora_path"]) / "adapter_config.json").is_file():
             return Response(json.dumps({"error": {"message": "no adapter there", "code": 400}}), 400)
+        if body["lora_name"] in self.models:  # as vLLM answers a name it holds already
+            message = f"The lora adapter '{body['lora_name']}' has already been loaded."
+            return Response(json.dumps({"error": {"message": message, "type": "InvalidUserInput", "code": 400}}), 400)
         self.models[body["lora_name"]] = load_published_model(self.base, Path(body["lora_path"])).eval()
         return Response(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
 
@@ -143,10 +154,32 @@ def test_a_promotion_loads_the_new_adapter_then_unloads_the_old(served, tmp_path
     assert current_version(volumes["fine-tuned-model"], "promotion") is not None
 
 
-def test_vllm_gone_fails_the_request_with_a_5xx_and_the_server_stays_up(served) -> None:
+def test_vllm_gone_fails_the_request_with_a_5xx_then_turns_unready_and_the_server_stays_up(served) -> None:
     engine, *_ = served
     engine.url = "http://127.0.0.1:9"  # nothing listens there
     client = create_app(engine, engine.config).test_client()
     response = client.post("/prompt", json={"input_prompt": "hi"})
-    assert response.status_code == 500 and response.get_json()["error"]["message"] == "generation failed: URLError"
+    assert response.status_code in (500, 503) and response.get_json()["error"]["message"] in (
+        "generation failed: URLError", "model not loaded yet: not ready: the vLLM sidecar does not answer")
+    wait_until(lambda: client.get("/ready").status_code == 503)  # the Service stops sending it traffic
     assert client.get("/health").status_code == 200 and sum(engine.in_flight.values()) == 0
+
+
+def test_a_restarted_front_serves_the_adapter_vllm_already_holds(served) -> None:
+    engine, stand_in, _, paths = served
+    again = VLLMEngine(serving_config(), **paths, url=engine.url).start()  # the front's container restarted
+    try:
+        wait_until(lambda: again.ready)
+        assert ask(again, "hi").error is None
+        assert stand_in.calls[-2][0] == "load" and len(stand_in.models) == 1  # refused as a duplicate, and fine
+    finally:
+        again.stop()
+
+
+def test_a_restarted_sidecar_is_given_the_adapter_again(served) -> None:
+    engine, stand_in, *_ = served
+    name = engine.loaded.model
+    stand_in.restart()
+    wait_until(lambda: name in stand_in.models and engine.ready)
+    assert [c for c in stand_in.calls if c[0] == "load"][-1][1]["lora_name"] == name
+    assert ask(engine, "hi").error is None

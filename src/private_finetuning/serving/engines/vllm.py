@@ -59,9 +59,16 @@ class VLLMEngine(Engine):
             with self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(adapter.path)}):
                 pass
         except urllib.error.HTTPError as exc:
-            if exc.code in (400, 404, 422):  # vLLM refused the adapter itself: not worth another try
-                raise ArtifactError(f"vLLM refused the adapter: {exc.read().decode(errors='replace')[:300]}") from None
-            raise
+            said = exc.read().decode(errors="replace")[:300]
+            if exc.code == 400 and "already been loaded" in said:
+                # This front restarted beside a sidecar that kept the adapter: the name is the version folder,
+                # whose digest was verified on the volume, so what vLLM holds is this very adapter.
+                log.info("vLLM already holds adapter %s as %s (this server restarted); serving it",
+                         adapter.manifest.digest[:12], name)
+            elif exc.code in (400, 404, 422):  # vLLM refused the adapter itself: not worth another try
+                raise ArtifactError(f"vLLM refused the adapter: {said}") from None
+            else:
+                raise
         tokenizer, eos = self._tokenizer(tokenizer_artifact)
         previous = self.loaded
         log.info("vLLM loaded adapter %s (%s) as %s", adapter.manifest.name, adapter.manifest.digest[:12], name)
@@ -70,6 +77,27 @@ class VLLMEngine(Engine):
         return LoadedModel(name, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
                            adapter_version=promoted.adapter_version, base_digest=base.manifest.digest,
                            report_digest=promoted.report_digest)
+
+    def _follow_promotion(self) -> None:
+        self._check_sidecar()
+        super()._follow_promotion()
+
+    def _check_sidecar(self) -> None:
+        """Whether vLLM still holds the adapter being served. A restarted sidecar has forgotten it: the server
+        turns unready (no request is sent to an adapter vLLM does not have) and loads it again."""
+        loaded = self.loaded
+        if loaded is None:
+            return
+        try:
+            with urllib.request.urlopen(f"{self.url}/v1/models", timeout=10) as response:
+                names = {m.get("id") for m in json.loads(response.read()).get("data", [])}
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            self.loaded, self.status = None, "not ready: the vLLM sidecar does not answer"
+            log.warning("the vLLM sidecar does not answer (%s); not ready until it serves the adapter again", exc)
+            return
+        if loaded.model not in names:
+            self.loaded, self.status = None, "not ready: the vLLM sidecar lost the adapter; loading it again"
+            log.warning("vLLM no longer holds adapter %s (the sidecar restarted?); loading it again", loaded.model)
 
     def _unload_when_idle(self, name: str) -> None:
         """Unload a replaced adapter from vLLM once the requests that started on it have finished."""
