@@ -281,3 +281,59 @@ def test_pruning_keeps_every_referenced_version(tmp_path: Path) -> None:
     third = publish(tmp_path, {"a.txt": "three"}, keep=0)
     left = {p.name for p in (tmp_path / "art").iterdir() if p.is_dir() and not p.is_symlink()}
     assert left == {first.name, third.name} and second.name not in left
+
+
+def test_a_lock_file_unlinked_before_it_was_locked_is_taken_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cleaner may unlink a producer's lock file between the producer's open and flock: the producer would
+    hold a lock on a file nobody else can see, and a third producer would delete its live folder as stale."""
+    import fcntl
+    import os
+
+    from private_finetuning import artifacts
+
+    real_flock, raced = fcntl.flock, []
+
+    def flock_after_an_unlink(fd: int, op: int) -> None:
+        if not raced:  # the first lock taken: its file goes away just before, as a cleaner's unlink would do it
+            raced.append(fd)
+            os.unlink(os.readlink(f"/proc/self/fd/{fd}"))
+        real_flock(fd, op)
+
+    monkeypatch.setattr(artifacts.fcntl, "flock", flock_after_an_unlink)
+    with ArtifactWriter(tmp_path, "art", kind="test-kind", stage="a") as first:
+        assert first.path is not None and first._lock_fd is not None
+        lock = Path(f"{first.path}.lock")
+        assert lock.is_file() and os.stat(lock).st_ino == os.fstat(first._lock_fd).st_ino
+        publish(tmp_path, {"b.txt": "another producer meanwhile"})  # its cleaning must see the folder as live
+        assert first.path.is_dir()
+
+
+def test_a_manifest_json_below_the_top_is_hashed_like_any_file(tmp_path: Path) -> None:
+    path = publish(tmp_path, {"sub/manifest.json": "{}", "a.txt": "a"})
+    assert "sub/manifest.json" in {f.path for f in verify(path).files}
+    (path / "sub" / "manifest.json").write_text('{"changed": true}')
+    with pytest.raises(ArtifactError, match=r"sub/manifest\.json"):
+        verify(path)
+
+
+def test_an_unlisted_nested_manifest_json_is_reported(tmp_path: Path) -> None:
+    path = publish(tmp_path, {"a.txt": "a"})
+    (path / "sub").mkdir()
+    (path / "sub" / "manifest.json").write_text("{}")
+    with pytest.raises(ArtifactError, match=r"files not in the manifest: sub/manifest.json"):
+        verify(path)
+
+
+def test_wait_passes_over_a_version_made_from_other_inputs(tmp_path: Path) -> None:
+    """A re-run with other data finds the previous run's artifact published: it waits for the one it wants."""
+    publish(tmp_path, {"a.txt": "the previous run's"}, name="old")
+    publisher = threading.Timer(0.4, publish, args=(tmp_path, {"a.txt": "this run's"}), kwargs={"name": "new"})
+    publisher.start()
+    artifact = wait_for_artifact(tmp_path, "art", "test-kind", producer="p", timeout_s=10, poll_s=0.05,
+                                 accept=lambda m: m.name == "new", wanted="of this run")
+    publisher.join()
+    assert (artifact.path / "a.txt").read_text() == "this run's"
+    with pytest.raises(ArtifactTimeout, match=r"test-kind artifact of another run .*is not of another run"):
+        wait_for_artifact(tmp_path, "art", "test-kind", producer="p", timeout_s=0.2, poll_s=0.05,
+                          accept=lambda m: False, wanted="of another run")

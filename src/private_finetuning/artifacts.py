@@ -113,7 +113,7 @@ def _scan(root: Path) -> list[FileEntry]:
     for path in sorted(root.rglob("*")):
         if path.is_symlink():
             raise ArtifactError(f"{path}: artifacts may not contain symlinks")
-        if path.is_file() and path.name != MANIFEST:
+        if path.is_file() and path != root / MANIFEST:  # a manifest.json below the top is a file like any other
             with path.open("rb") as fh:  # make the bytes durable before the rename publishes them
                 os.fsync(fh.fileno())
             entries.append(FileEntry(str(path.relative_to(root)), path.stat().st_size, sha256_file(path)))
@@ -137,19 +137,45 @@ def _step(name: str) -> None:
 fault_hook: Callable[[str], None] | None = None
 
 
-@contextmanager
-def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive lock on ``path`` (created if missing), released when the holder exits or dies."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
-    try:
+def _locked_fd(path: Path, *, blocking: bool = True) -> int | None:
+    """An open descriptor holding an exclusive flock on the file ``path`` names now; None if busy.
+
+    The file may be unlinked (a cleaner found it free) between our open and our flock: we would then hold a
+    lock nobody else can see, and a third producer would take our folder for stale. So the lock counts only
+    if ``path`` still names the very inode locked; otherwise it is taken again on the file there now."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
         os.close(fd)
+
+
+@contextmanager
+def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive lock on ``path`` (created if missing), released when the holder exits or dies."""
+    fd = _locked_fd(path, blocking=blocking)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
+def volume_lock(volume: Path, name: str) -> Iterator[None]:
+    """An exclusive lock named ``name`` on ``volume``, across processes and pods that mount it (flock)."""
+    (Path(volume) / STAGING).mkdir(parents=True, exist_ok=True)
+    with _flock(Path(volume) / STAGING / f"{name}.lock"):
+        yield
 
 
 class ArtifactWriter:
@@ -174,8 +200,7 @@ class ArtifactWriter:
         staging.mkdir(parents=True, exist_ok=True)
         path = staging / f"{self.artifact}-{secrets.token_hex(4)}"
         # The lock comes before the folder, so a folder never exists without a live or dead holder's lock.
-        self._lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o664)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_fd = _locked_fd(Path(f"{path}.lock"))
         path.mkdir()
         self.path = path
         self._remove_stale(staging)
@@ -310,7 +335,7 @@ def verify(path: Path, expect_kind: str | None = None) -> Manifest:
         if found.is_symlink() or not (found.is_dir() or found.is_file()):
             raise ArtifactError(f"{found}: artifacts may hold only regular files and folders")
     extra = sorted(str(p.relative_to(path)) for p in path.rglob("*")
-                   if p.is_file() and p.name != MANIFEST and str(p.relative_to(path)) not in listed)
+                   if p.is_file() and p != manifest_path and str(p.relative_to(path)) not in listed)
     if extra:
         raise ArtifactError(f"{path}: files not in the manifest: {', '.join(extra)}")
     if _digest(manifest.files) != manifest.digest:
@@ -353,26 +378,51 @@ def open_artifact(volume: Path, artifact: str, expect_kind: str) -> Artifact:
 
 
 def wait_for_artifact(volume: Path, artifact: str, expect_kind: str, *, producer: str,
-                      timeout_s: float, poll_s: float = 2.0, report_every_s: float = 30.0) -> Artifact:
-    """Block until ``producer`` has published ``artifact`` on ``volume``, then verify and return it."""
+                      timeout_s: float, poll_s: float = 2.0, report_every_s: float = 30.0,
+                      accept: Callable[[Manifest], bool] | None = None, wanted: str = "") -> Artifact:
+    """Block until ``producer`` has published ``artifact`` on ``volume``, then verify and return it.
+
+    With ``accept``, a published version it rejects (one made from other inputs, say the previous
+    run's) is waited past until the producer publishes one it accepts; ``wanted`` says which in words.
+    Polling reads the manifest only; the files are verified once, when an accepted version is found."""
     link = Path(volume) / artifact / CURRENT
     start = time.monotonic()
     next_report = start
-    while not (link / MANIFEST).is_file():
+    while True:
+        published = _published_manifest(link)
+        if published is not None and (accept is None or published is _UNREADABLE or accept(published)):
+            break  # an unreadable manifest is reported by the verification below
         waited = time.monotonic() - start
+        stale = "" if published is None else f" (the published one, {published.digest[:12]}, is not {wanted})"
         if waited >= timeout_s:
             raise ArtifactTimeout(
-                f"timed out after {waited:.0f}s waiting for the {expect_kind} artifact at "
-                f"{link / MANIFEST}; it is published by {producer}: check that stage's logs")
+                f"timed out after {waited:.0f}s waiting for the {expect_kind} artifact{' ' + wanted if wanted else ''}"
+                f" at {link / MANIFEST}{stale}; it is published by {producer}: check that stage's logs")
         if time.monotonic() >= next_report:
             limit = "no time limit" if timeout_s == float("inf") else f"times out at {timeout_s:.0f}s"
-            log.info("waiting for %s from %s at %s (%.0fs so far, %s)", expect_kind, producer, link, waited, limit)
+            log.info("waiting for %s%s from %s at %s%s (%.0fs so far, %s)", expect_kind,
+                     " " + wanted if wanted else "", producer, link, stale, waited, limit)
             next_report += report_every_s
         time.sleep(poll_s)
     log.info("found %s at %s; verifying checksums", expect_kind, link)
-    return open_artifact(volume, artifact, expect_kind)
+    found = Artifact(link.resolve(), verify(link.resolve(), expect_kind))
+    if accept is not None and not accept(found.manifest):  # `current` moved between the look and the resolve
+        return wait_for_artifact(volume, artifact, expect_kind, producer=producer, timeout_s=timeout_s, poll_s=poll_s,
+                                 report_every_s=report_every_s, accept=accept, wanted=wanted)
+    return found
 
 
+_UNREADABLE = Manifest(kind="", name="", source={}, files=[], digest="", created_at="", producer={})
+
+
+def _published_manifest(link: Path) -> Manifest | None:
+    """The manifest ``link`` points at; None while nothing is published; ``_UNREADABLE`` if it cannot be read."""
+    if not (link / MANIFEST).is_file():
+        return None
+    try:
+        return Manifest.from_file(link / MANIFEST)
+    except ArtifactError:
+        return _UNREADABLE
 
 
 @dataclass(frozen=True)
