@@ -241,6 +241,25 @@ def test_malformed_chat_messages_get_a_422_naming_the_field(client, body: dict, 
     assert response.get_json()["error"]["field"] == field
 
 
+# As Mistral's, Llama 2's and Gemma's official templates do with two user turns in a row.
+STRICT_TEMPLATE = ("{% set ns = namespace(last='') %}{% for m in messages %}{% if m['role'] == ns.last %}"
+                   "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+                   "{% endif %}{% set ns.last = m['role'] %}{{ m['content'] }} {% endfor %}")
+
+
+def test_a_conversation_the_chat_template_refuses_is_a_422_naming_the_field(client, engine: Engine,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine.loaded.tokenizer, "chat_template", STRICT_TEMPLATE)
+    twice = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+    response = client.post(CHAT, data=json.dumps(twice), content_type="application/json")
+    assert response.status_code == 422, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["field"] == "messages" and "roles must alternate" in error["message"]
+    alternating = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                {"role": "user", "content": "c"}], "max_tokens": 2}
+    assert client.post(CHAT, data=json.dumps(alternating), content_type="application/json").status_code == 200
+
+
 def test_unknown_routes_and_methods_are_json(client) -> None:
     assert client.get("/nope").get_json()["error"]["status"] == 404
     assert client.get("/prompt").get_json()["error"]["status"] == 405
@@ -263,7 +282,7 @@ def test_request_past_its_deadline_is_refused(volumes: dict[str, Path], started)
 
 def test_full_queue_answers_503_with_retry_after(volumes: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                  started) -> None:
-    monkeypatch.setattr(TransformersEngine, "_work", lambda self: None)  # nothing drains the queue
+    monkeypatch.setattr(TransformersEngine, "_work", lambda self: self._stop.wait())  # alive, draining nothing
     engine = started(volumes, serving_config(queue_size=1, request_timeout_s=1))
     client = create_app(engine, engine.config).test_client()
     waiting = threading.Thread(target=client.post, kwargs={"path": "/prompt", "json": {"input_prompt": "a"}})
@@ -629,3 +648,19 @@ def test_a_new_base_is_never_mixed_with_an_adapter_trained_on_another(tmp_path: 
     wait_until(lambda: (first, base1) in engine.refused)
     assert "trained on base model" in engine.refused[(first, base1)]
     assert (engine.loaded.adapter_digest, engine.loaded.base_digest) == (second, base2)
+
+
+def test_a_stream_the_worker_never_ends_closes_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streaming handler waited on its queue with no timeout: a worker that died mid-request hung the
+    connection for ever. It now ends at the request's deadline (plus a grace), with an error."""
+    import queue as queues
+
+    from private_finetuning.serving.views import openai as openai_view
+
+    monkeypatch.setattr(openai_view, "STREAM_GRACE_S", 0.2)
+    stuck = Request([1], 4, 0.0, 1.0, deadline=time.monotonic() + 0.1, stream=queues.Queue())
+    stuck.stream.put("partial")
+    start = time.monotonic()
+    assert openai_view._next_piece(stuck) == "partial"
+    assert openai_view._next_piece(stuck) is None and time.monotonic() - start < 5
+    assert stuck.cancelled and "deadline" in stuck.error

@@ -161,6 +161,37 @@ def test_streaming_gives_the_same_text_as_one_answer(engines: tuple[Engine, Engi
     assert whole and streamed == whole
 
 
+def test_a_fault_in_admitting_or_reading_fails_that_request_alone(engines: tuple[Engine, Engine],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only step() was guarded: a fault while admitting or reading a request killed the only worker while
+    /ready stayed 200. Now that request fails, the worker goes on, and the next request is answered."""
+    from private_finetuning import openvino_ir
+
+    openvino, _ = engines
+    real_add = openvino_ir.add_request
+    monkeypatch.setattr(openvino_ir, "add_request", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("admit")))
+    assert ask(openvino, "hi").error == "generation failed: admit"
+    monkeypatch.setattr(openvino_ir, "add_request", real_add)
+    real_advance = OpenVINOEngine._advance
+    monkeypatch.setattr(OpenVINOEngine, "_advance", lambda *a: (_ for _ in ()).throw(RuntimeError("read")))
+    assert ask(openvino, "hi").error == "generation failed: read"
+    monkeypatch.setattr(OpenVINOEngine, "_advance", real_advance)
+    assert openvino.worker_alive and openvino.ready
+    assert ask(openvino, "hi").error is None
+
+
+def test_health_and_ready_fail_once_the_worker_has_stopped(engines: tuple[Engine, Engine]) -> None:
+    from private_finetuning.serving.app import create_app
+
+    openvino, _ = engines
+    client = create_app(openvino, openvino.config).test_client()
+    assert client.get("/health").status_code == 200 and client.get("/ready").get_json()["worker"] == "alive"
+    openvino.stop()  # the worker thread ends, as it would on a fault nothing caught
+    wait_until(lambda: not openvino.worker_alive)
+    assert client.get("/health").status_code == 503 and client.get("/ready").status_code == 503
+    assert "worker has stopped" in client.get("/health").get_json()["error"]["message"]
+
+
 def test_a_promoted_adapter_is_fused_and_served_without_a_restart(tmp_path: Path, tiny_model_dir: Path,
                                                                    volumes: dict[str, Path]) -> None:
     fresh = {**publish_inputs(tmp_path, tiny_model_dir), "base-model-openvino": volumes["base-model-openvino"]}
@@ -230,7 +261,7 @@ def test_the_stage_serves_with_openvino_and_answers_probes_under_load(tmp_path: 
         wait_ready(url)
         statuses, probes = load_with_probes(url, clients=16, seconds=3.0)
         assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
-        assert probes and all(ok for ok, _ in probes)
+        assert probes and all(ok for ok, _ in probes), [p for p in probes if not p[0]]
     finally:
         server.terminate()
         output = server.communicate(timeout=60)[0]

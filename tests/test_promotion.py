@@ -11,8 +11,8 @@ from private_finetuning.artifacts import Artifact, ArtifactWriter
 from private_finetuning.errors import ArtifactError
 
 
-def publish_adapter(volume: Path, text: str) -> Artifact:
-    with ArtifactWriter(volume, "adapter", kind="lora-adapter", stage="test", keep_versions=0) as writer:
+def publish_adapter(volume: Path, text: str, keep: int = 0) -> Artifact:
+    with ArtifactWriter(volume, "adapter", kind="lora-adapter", stage="test", keep_versions=keep) as writer:
         assert writer.path is not None
         (writer.path / "adapter_model.safetensors").write_text(text)
         return writer.commit(name=text, source={"base_model": {"digest": "b" * 64}})
@@ -60,3 +60,40 @@ def test_a_promoted_version_whose_bytes_changed_is_refused(tmp_path: Path) -> No
     (a.path.resolve() / "adapter_model.safetensors").write_text("b")
     with pytest.raises(ArtifactError, match="sha256 does not match"):
         promotion.adapter_of(tmp_path, promoted)
+
+
+def test_two_promotions_at_once_are_serialised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation and `pft rollback` (or two runs) promoting at the same moment: each gets its own sequence
+    number, and the `promoted` link protects the very version the record in force names."""
+    import threading
+    import time
+
+    a, b = (publish_adapter(tmp_path, x, keep=2) for x in "ab")
+    read = promotion.current
+
+    def slow_read(volume: Path) -> promotion.Promotion | None:
+        found = read(volume)
+        time.sleep(0.3)  # the other promotion runs meanwhile, unless it has to wait for this one
+        return found
+
+    monkeypatch.setattr(promotion, "current", slow_read)
+    threads = [threading.Thread(target=promotion.promote, args=(tmp_path, x),
+                                kwargs={"report_digest": None, "by": "test", "reason": x.manifest.name})
+               for x in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.setattr(promotion, "current", read)
+    in_force = promotion.current(tmp_path)
+    assert sorted(p.sequence for p in promotion.history(tmp_path)) == [1, 2]
+    assert (tmp_path / "adapter" / "promoted").resolve().name == in_force.adapter_version
+
+
+def test_the_promotion_records_the_tokenizer_the_adapter_was_trained_with(tmp_path: Path) -> None:
+    with ArtifactWriter(tmp_path, "adapter", kind="lora-adapter", stage="test") as writer:
+        (writer.path / "adapter_model.safetensors").write_text("a")
+        adapter = writer.commit(name="a", source={"base_model": {"digest": "b" * 64},
+                                                  "base_tokenizer": {"digest": "t" * 64}})
+    promoted = promotion.promote(tmp_path, adapter, report_digest=None, by="test", reason="a")
+    assert promoted.base_tokenizer_digest == "t" * 64 == promotion.current(tmp_path).base_tokenizer_digest

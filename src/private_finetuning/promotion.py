@@ -29,6 +29,7 @@ from private_finetuning.artifacts import (
     hold_reference,
     open_artifact,
     verify,
+    volume_lock,
 )
 from private_finetuning.errors import ArtifactError
 
@@ -49,6 +50,13 @@ class Promotion:
     promoted_at: str
     reason: str
     sequence: int = 0  # one more than the promotion it replaced: orders the history within a second
+    # The tokenizer (chat template, end-of-turn ids) the adapter was trained with; "" in records made before
+    # it was recorded, whose adapter manifest still names it (``tokenizer_digest``).
+    base_tokenizer_digest: str = ""
+
+    def tokenizer_digest(self, adapter: Manifest) -> str:
+        """The tokenizer the promoted adapter must be served with."""
+        return self.base_tokenizer_digest or adapter.source.get("base_tokenizer", {}).get("digest", "")
 
 
 def current(volume: Path) -> Promotion | None:
@@ -78,34 +86,47 @@ def adapter_of(volume: Path, promotion: Promotion) -> Artifact:
 
 
 def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: str, reason: str) -> Promotion:
-    """Make ``adapter`` (one published, verified version) the one that is served."""
+    """Make ``adapter`` (one published, verified version) the one that is served.
+
+    One promotion at a time per volume (the evaluation, ``pft rollback``, another run): the record read,
+    the links and the new record are one step under the volume's promotion lock, so two promotions never
+    share a sequence number and ``promoted`` always protects the version the record in force names."""
     version = adapter.path.resolve().name
     on_volume = Manifest.from_file(volume / ADAPTER.artifact / version / MANIFEST)
     if on_volume.digest != adapter.manifest.digest:
         raise ArtifactError(f"adapter version {version} is not the adapter that was judged "
                             f"({on_volume.digest[:12]} != {adapter.manifest.digest[:12]})")
-    before = current(volume)
-    if before is not None and before.adapter_digest == adapter.manifest.digest and \
-            before.report_digest == report_digest:
-        log.info("adapter %s is already promoted; nothing to do", adapter.manifest.digest[:12])
-        return before
-    promotion = Promotion(
-        adapter_version=version, adapter_digest=adapter.manifest.digest, adapter_name=adapter.manifest.name,
-        base_model_digest=adapter.manifest.source.get("base_model", {}).get("digest", ""),
-        report_digest=report_digest, promoted_by=by, promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        reason=reason, sequence=before.sequence + 1 if before else 1)
-    # Protect the versions before the record names them: training's pruning honours these links.
-    if before is not None and before.adapter_version != version:
-        hold_reference(volume, ADAPTER.artifact, PREVIOUS, before.adapter_version, missing_ok=True)
-    hold_reference(volume, ADAPTER.artifact, PROMOTED, version)
+    with volume_lock(volume, "promotion"):
+        before = current(volume)
+        if before is not None and before.adapter_digest == adapter.manifest.digest and \
+                before.report_digest == report_digest:
+            log.info("adapter %s is already promoted; nothing to do", adapter.manifest.digest[:12])
+            return before
+        source = adapter.manifest.source
+        promotion = Promotion(
+            adapter_version=version, adapter_digest=adapter.manifest.digest, adapter_name=adapter.manifest.name,
+            base_model_digest=source.get("base_model", {}).get("digest", ""),
+            base_tokenizer_digest=source.get("base_tokenizer", {}).get("digest", ""),
+            report_digest=report_digest, promoted_by=by, promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            reason=reason, sequence=before.sequence + 1 if before else 1)
+        # Protect the versions before the record names them: training's pruning honours these links.
+        if before is not None and before.adapter_version != version:
+            hold_reference(volume, ADAPTER.artifact, PREVIOUS, before.adapter_version, missing_ok=True)
+        hold_reference(volume, ADAPTER.artifact, PROMOTED, version)
+        _record(volume, promotion, by, reason)
+    log.info("promoted adapter %s (version %s) by %s: %s", adapter.manifest.digest[:12], version, by, reason)
+    return promotion
+
+
+def _record(volume: Path, promotion: Promotion, by: str, reason: str) -> None:
+    """Publish ``promotion`` as the record in force."""
     with ArtifactWriter(volume, PROMOTION.artifact, kind=PROMOTION.kind, stage=by,
                         keep_versions=KEEP_PROMOTIONS) as writer:
         assert writer.path is not None
         (writer.path / RECORD).write_text(json.dumps(asdict(promotion), indent=2) + "\n", encoding="utf-8")
-        writer.commit(name=f"{adapter.manifest.name}@{version}", source={"adapter": adapter.manifest.digest,
-                      "report": report_digest}, metadata={"reason": reason})
-    log.info("promoted adapter %s (version %s) by %s: %s", adapter.manifest.digest[:12], version, by, reason)
-    return promotion
+        writer.commit(name=f"{promotion.adapter_name}@{promotion.adapter_version}",
+                      source={"adapter": promotion.adapter_digest, "report": promotion.report_digest},
+                      metadata={"reason": reason})
 
 
 def history(volume: Path) -> list[Promotion]:

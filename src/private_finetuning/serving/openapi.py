@@ -45,7 +45,8 @@ def openapi_spec(bodies: Bodies) -> dict[str, Any]:
                                                       "oneOf": [anything, {"type": "string"}]}}}},
                               **errors}}},
             "/v1/models": {"get": {"summary": "The served model", "responses": {"200": _json(anything, "models")}}},
-            "/health": {"get": {"summary": "Liveness", "responses": {"200": _json(anything, "alive")}}},
+            "/health": {"get": {"summary": "Liveness: 503 once the generation worker has stopped", "responses": {
+                "200": _json(anything, "alive"), "503": _json(_ref("ErrorBody"), "the worker has stopped")}}},
             "/ready": {"get": {"summary": "Readiness: 200 once the model is loaded", "responses": {
                 "200": _json(anything, "ready"), "503": _json(_ref("ErrorBody"), "not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {

@@ -106,11 +106,18 @@ def generation(max_new_tokens: int | None, temperature: float | None, top_p: flo
             "top_p": 1.0 if top_p is None else float(top_p)}
 
 
-def prompt_ids(messages: list[dict[str, str]]) -> list[int]:
+def prompt_ids(messages: list[dict[str, str]], field: str = "messages") -> list[int]:
+    """The conversation's token ids with the chat template; a conversation the template refuses is a 422."""
+    from jinja2 import TemplateError
+
     engine, serving = state().engine, state().serving
     if not engine.ready:
         raise ApiError(503, f"model not loaded yet: {engine.status}", headers={"Retry-After": "5"})
-    ids = engine.encode(messages)
+    try:
+        ids = engine.encode(messages)
+    except TemplateError as exc:  # the template's raise_exception(): its author's words, not the request's text
+        raise ApiError(422, f"the model's chat template refuses this conversation: {str(exc)[:200]}",
+                       field=field) from None
     if len(ids) > serving.max_prompt_tokens:
         raise ApiError(422, f"the prompt is {len(ids)} tokens with the chat template, over the limit of "
                             f"{serving.max_prompt_tokens}")

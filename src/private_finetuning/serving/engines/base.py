@@ -109,7 +109,12 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.loaded is not None
+        return self.loaded is not None and self.worker_alive
+
+    @property
+    def worker_alive(self) -> bool:
+        """Whether the thread that answers requests still runs (liveness: a dead one is never coming back)."""
+        return all(t.is_alive() for t in self._threads if t.name == "batch-worker")
 
     def _load_then_watch(self) -> None:
         """Follow the promotion for as long as the server runs; a first failure is never the last word."""
@@ -149,6 +154,7 @@ class Engine:
             base = open_artifact(self.base_model, BASE_MODEL.artifact, BASE_MODEL.kind)
             tokenizer = open_artifact(self.base_tokenizer, BASE_TOKENIZER.artifact, BASE_TOKENIZER.kind)
             self._check_pair(promoted, base.manifest.digest)  # the base may have changed since the first look
+            self._check_tokenizer(promoted, adapter.manifest, tokenizer.manifest.digest)
             self.status = "loading the model"
             fresh = self._load(base, tokenizer, adapter, promoted)
         except ArtifactError as exc:
@@ -174,6 +180,14 @@ class Engine:
         if promoted.base_model_digest != base_digest:
             raise ArtifactError(f"it was trained on base model {promoted.base_model_digest[:12]}, but the published "
                                 f"base model is {base_digest[:12]}; an adapter is never merged into another base")
+
+    @staticmethod
+    def _check_tokenizer(promoted: promotion.Promotion, adapter: Manifest, tokenizer_digest: str) -> None:
+        expected = promoted.tokenizer_digest(adapter)
+        if expected and expected != tokenizer_digest:
+            raise ArtifactError(f"it was trained with base tokenizer {expected[:12]}, but the published base tokenizer "
+                                f"is {tokenizer_digest[:12]}; another chat template or end-of-turn ids would change "
+                                "its answers")
 
     def _public(self, exc: Exception) -> str:
         """An error for /ready: the volumes named by what they are, not by where they are mounted."""

@@ -101,21 +101,31 @@ class OpenVINOEngine(Engine):
     def _work(self) -> None:
         running: list[Running] = []
         while not self._stop.is_set():
-            self._admit(running)
-            if not running:
-                continue
-            self.largest_batch = max(self.largest_batch, len(running))
             try:
-                for pipeline in {id(r.loaded.model): r.loaded.model for r in running}.values():
-                    pipeline.step()
-            except Exception as exc:
-                log.exception("a generation step failed with %d requests running", len(running))
+                self._admit(running)
+                if running:
+                    self._step(running)
+            except Exception:  # a fault outside any one request: fail those running, keep the worker alive
+                log.exception("the worker loop failed with %d requests running; they are failed, it goes on",
+                              len(running))
                 for r in running:
-                    self.finish(r.request, error=f"generation failed: {exc}")
+                    self.finish(r.request, error="generation failed")
                 running.clear()
-                continue
-            now = time.monotonic()
-            running[:] = [r for r in running if not self._advance(r, now)]
+
+    def _step(self, running: list[Running]) -> None:
+        """One generation step of every pipeline with requests running, then each request's new tokens."""
+        self.largest_batch = max(self.largest_batch, len(running))
+        try:
+            for pipeline in {id(r.loaded.model): r.loaded.model for r in running}.values():
+                pipeline.step()
+        except Exception as exc:
+            log.exception("a generation step failed with %d requests running", len(running))
+            for r in running:
+                self.finish(r.request, error=f"generation failed: {exc}")
+            running.clear()
+            return
+        now = time.monotonic()
+        running[:] = [r for r in running if not self._advance_or_fail(r, now)]
 
     def _admit(self, running: list[Running]) -> None:
         """Move queued requests into the current pipeline, up to max_batch_size running at once."""
@@ -131,9 +141,28 @@ class OpenVINOEngine(Engine):
                 self.finish(request, error="no model loaded")
                 continue
             temperature, top_p = request.sampling_key
-            handle = openvino_ir.add_request(loaded.model, next(self._ids), request.prompt_ids,
-                                             request.max_new_tokens, set(loaded.eos_token_ids), temperature, top_p)
+            try:
+                handle = openvino_ir.add_request(loaded.model, next(self._ids), request.prompt_ids,
+                                                 request.max_new_tokens, set(loaded.eos_token_ids), temperature, top_p)
+            except Exception as exc:  # this request alone could not be admitted
+                log.exception("a request could not be admitted")
+                self.finish(request, error=f"generation failed: {exc}")
+                continue
             running.append(Running(request, handle, loaded))
+
+    def _advance_or_fail(self, r: Running, now: float) -> bool:
+        """:meth:`_advance`, with a failure ending this request alone; True once the request has ended."""
+        try:
+            return self._advance(r, now)
+        except Exception as exc:
+            log.exception("reading a request's tokens failed; that request is failed")
+            try:
+                r.handle.cancel()
+            except Exception:  # the handle is what failed: nothing more to stop
+                log.debug("cancelling a failed request's handle failed too", exc_info=True)
+            if not r.request.done.is_set():
+                self.finish(r.request, error=f"generation failed: {exc}")
+            return True
 
     def _advance(self, r: Running, now: float) -> bool:
         """Take the request's new tokens and stream them; True once the request has ended."""

@@ -49,6 +49,20 @@ def chat_completions() -> Response:
     })
 
 
+STREAM_GRACE_S = 5.0  # past its deadline, how long a stream waits for the worker to end the request
+
+
+def _next_piece(job: Request) -> str | None:
+    """The next text delta of a streaming request, or None when it has ended; never waits past its deadline."""
+    assert job.stream is not None
+    try:
+        return job.stream.get(timeout=max(0.0, job.deadline - time.monotonic()) + STREAM_GRACE_S)
+    except queue.Empty:  # the worker never ended it: say so rather than hang the connection
+        job.error = job.error or "generation did not finish within the request deadline"
+        job.cancelled = True
+        return None
+
+
 def _events(job: Request, completion_id: str, created: int, model: str) -> Iterator[str]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
         return "data: " + json.dumps({
@@ -59,7 +73,7 @@ def _events(job: Request, completion_id: str, created: int, model: str) -> Itera
     try:
         yield chunk({"role": "assistant", "content": ""})
         assert job.stream is not None
-        while (piece := job.stream.get()) is not None:
+        while (piece := _next_piece(job)) is not None:
             yield chunk({"content": piece})
         if job.error:
             yield "data: " + json.dumps(req.error_body(504 if "deadline" in job.error else 500, job.error)) + "\n\n"

@@ -14,15 +14,20 @@ operations = Blueprint("operations", __name__)
 
 @operations.get("/health")
 def health() -> Response:
-    return jsonify(status="ok")
+    """Liveness: fails once the thread that answers requests is gone, so the kubelet restarts the pod."""
+    if not state().engine.worker_alive:
+        raise ApiError(503, "the generation worker has stopped; the server cannot answer and must be restarted")
+    return jsonify(status="ok", worker="alive")
 
 
 @operations.get("/ready")
 def ready() -> Response:
     engine = state().engine
+    if not engine.worker_alive:
+        raise ApiError(503, "the generation worker has stopped", headers={"Retry-After": "5"})
     if not engine.ready:
         raise ApiError(503, f"model not loaded yet: {engine.status}", headers={"Retry-After": "5"})
-    return jsonify(status="ready", **served(engine))
+    return jsonify(status="ready", worker="alive", **served(engine))
 
 
 @operations.get("/metrics")

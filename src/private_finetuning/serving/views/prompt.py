@@ -16,7 +16,7 @@ prompt = Blueprint("prompt", __name__)
 def answer() -> Response:
     body = req.parse(state().bodies.prompt)
     started = time.perf_counter()
-    ids = req.prompt_ids([{"role": "user", "content": req.text(body.input_prompt, "input_prompt")}])
+    ids = req.prompt_ids([{"role": "user", "content": req.text(body.input_prompt, "input_prompt")}], "input_prompt")
     done = req.run(req.job(ids, req.generation(body.max_new_tokens, body.temperature, body.top_p)))
     if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == "application/json":
         return jsonify(answer=done.text, prompt_tokens=len(ids), completion_tokens=done.completion_tokens,
