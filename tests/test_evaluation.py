@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -297,3 +298,32 @@ def test_reference_without_its_tokenizer(tmp_path: Path, volumes: dict[str, Path
     code = run_evaluation(tmp_path, {**volumes, "reference-model": broken})
     assert code == EXIT_BAD_INPUT
     assert "the reference model's tokenizer is missing" in capsys.readouterr().err
+
+
+def test_report_html_keeps_data_text_inert(tmp_path: Path) -> None:
+    """Questions, answers and names are data: a Markdown link or image in them stays text in report.md and
+    report.html (no javascript: link, no remote image fetched on open, no crash on a missing picture); only
+    the stage's own pictures are inlined."""
+    from private_finetuning import report_plots
+    from private_finetuning.stages.evaluation import render_markdown
+
+    hostile = "[click](javascript:alert(1)) ![x](https://tracker.example/p.png) ![y](plots/none.png) <b>|"
+    metrics = {"fact_accuracy": 0.5, "fact_accuracy_by_fact": {"a[b](c)": 0.5}, "general_perplexity": 2.0}
+    report = {"questions": 1, "config": {"max_new_tokens": 8}, "duration_s": 1.0,
+              "models": {"base": {"name": hostile}, "fine_tuned": {"name": hostile}},
+              "metrics": {"base": metrics, "fine_tuned": metrics},
+              "forgetting": {"kl": 0.1, "general_perplexity_base": 2.0, "general_perplexity_fine_tuned": 2.0,
+                             "general_perplexity_increase": 0.0},
+              "gates": [], "wrong_answers": [{"set": "held-out", "question": hostile, "answer": hostile,
+                                              "reply": hostile}],
+              "side_by_side": [{"question": hostile, "expected": hostile,
+                                "answers": {"base": hostile, "fine_tuned": hostile}}]}
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.png").write_bytes(b"\x89PNG own picture")
+    markdown = "\n".join([render_markdown(report), *report_plots.markdown_section(["plots/loss.png"])])
+    page = report_plots.html_page(markdown, tmp_path, "Evaluation report", ["plots/loss.png"])
+    assert "<a " not in page and "javascript:" not in page.split("[click]")[0]
+    assert "tracker.example/p.png" not in "".join(re.findall(r"<img[^>]*>", page))
+    assert page.count("<img ") == 1 and 'src="data:image/png;base64,' in page  # the stage's own picture alone
+    assert "<b>" not in page and "[click](javascript:alert(1))" in page.replace("\\", "")
+    assert "| " + report_plots.escape_markdown(hostile) + " |" in markdown  # one table cell, not several

@@ -127,20 +127,36 @@ def markdown_section(plots: list[str]) -> list[str]:
     return ["## Pictures", "", *(f"![{PLOTS[Path(p).name]}]({p})\n" for p in plots)] if plots else []
 
 
-def html_page(markdown_text: str, folder: Path, title: str) -> str:
-    """``report.md`` as one self-contained HTML page: tables rendered, pictures inlined as data URIs."""
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]!|~<>])")  # what starts a link, image, emphasis, code, cell or tag
+
+
+def escape_markdown(text: str) -> str:
+    """Data text (questions, answers, names) as inert Markdown: no link, image, emphasis or table cell break
+    can come out of it, and a newline does not end its table row."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def html_page(markdown_text: str, folder: Path, title: str, plots: list[str]) -> str:
+    """``report.md`` as one self-contained HTML page: tables rendered, the stage's own ``plots`` inlined as data
+    URIs. Nothing else becomes an image or a link: a page opened from the volume fetches and runs nothing."""
     import html
 
     import markdown
 
-    # The report quotes questions and answers: as text, never as markup a browser would run.
+    # The report quotes questions and answers (escaped as Markdown already): as text, never as HTML.
     body = markdown.markdown(html.escape(markdown_text, quote=False), extensions=["tables"], output_format="html")
+    own = set(plots)
 
     def inline(match: re.Match[str]) -> str:
-        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode()
-        return f'src="data:image/png;base64,{data}"'
+        src, alt = (re.search(rf'\b{a}="([^"]*)"', match.group(0)) for a in ("src", "alt"))
+        source = html.unescape(src.group(1)) if src else ""
+        if source not in own or not (folder / source).is_file():
+            return ""  # not one of the pictures this stage drew: dropped, never fetched
+        data = base64.b64encode((folder / source).read_bytes()).decode()
+        return f'<img alt="{alt.group(1) if alt else ""}" src="data:image/png;base64,{data}" />'
 
-    body = re.sub(r'src="(plots/[\w.-]+\.png)"', inline, body)
+    body = re.sub(r"<img\b[^>]*>", inline, body)
+    body = re.sub(r"<a\b[^>]*>(.*?)</a>", r"\1", body, flags=re.S)
     style = ("body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem}img{max-width:100%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

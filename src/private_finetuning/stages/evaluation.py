@@ -212,14 +212,14 @@ def check_gates(ctx: StageContext, report: dict[str, Any]) -> list[dict[str, Any
 
 def render_markdown(report: dict[str, Any]) -> str:
     models = [k for k in MODELS if k in report["metrics"]]
-    names = {k: report["models"][k]["name"] for k in models}
+    names = {k: _cell(report["models"][k]["name"]) for k in models}
 
     def fmt(value: Any, pct: bool = False) -> str:
         if value is None:
             return "n/a"
         return f"{value:.1%}" if pct else f"{value:.3f}"
 
-    lines = [f"# Evaluation of {report['models']['fine_tuned']['name']}", "",
+    lines = [f"# Evaluation of {_cell(report['models']['fine_tuned']['name'])}", "",
              f"{report['questions']} held-out questions (phrasings never seen in training), greedy decoding, "
              f"at most {report['config']['max_new_tokens']} new tokens; evaluated in {report['duration_s']:.0f}s.", "",
              "| metric | " + " | ".join(f"{k.replace('_', '-')} ({names[k]})" for k in models) + " |",
@@ -245,7 +245,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["## Fact accuracy by fact", "", "| fact | " + " | ".join(models) + " |",
                   "|---|" + "---|" * len(models)]
         for fact in by_fact:
-            lines.append(f"| {fact} | " + " | ".join(
+            lines.append(f"| {_cell(fact)} | " + " | ".join(
                 fmt(report["metrics"][k]["fact_accuracy_by_fact"].get(fact), True) for k in models) + " |")
         lines.append("")
     if report["gates"]:
@@ -256,8 +256,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines += ["## Side by side", ""]
     for sample in report["side_by_side"]:
-        lines += [f"**Q:** {sample['question']}", "", f"- expected: {sample['expected']}"]
-        lines += [f"- {k.replace('_', '-')}: {sample['answers'][k]}" for k in models]
+        lines += [f"**Q:** {_cell(sample['question'])}", "", f"- expected: {_cell(sample['expected'])}"]
+        lines += [f"- {k.replace('_', '-')}: {_cell(sample['answers'][k])}" for k in models]
         lines.append("")
     if report.get("wrong_answers"):
         lines += ["## Wrong answers of the fine-tuned model", "", "| set | question | answer | reply |",
@@ -269,7 +269,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return report_plots.escape_markdown(text)
 
 
 def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
@@ -327,7 +327,7 @@ def evaluate(ctx: StageContext) -> tuple[dict[str, Any], Artifact, Artifact]:
         plots = report_plots.write_plots(w.path, report, training_run(ctx, inputs["adapter"]))
         markdown = "\n".join([render_markdown(report), *report_plots.markdown_section(plots)]) + "\n"
         (w.path / "report.md").write_text(markdown)
-        (w.path / "report.html").write_text(report_plots.html_page(markdown, w.path, "Evaluation report"))
+        (w.path / "report.html").write_text(report_plots.html_page(markdown, w.path, "Evaluation report", plots))
         w.commit(name=f"{inputs['adapter'].manifest.name}-evaluation",
                  source={k: {"kind": a.manifest.kind, "digest": a.manifest.digest} for k, a in inputs.items()}
                  | {"fingerprint": fp},
