@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,32 @@ def test_a_pod_larger_than_the_node_is_unschedulable_not_left_waiting(tmp_path: 
                       node=Node.this_machine("1", "8Gi"))
     assert not ok
     assert "Unschedulable: requests (cpu 2, memory 3Gi) exceed the node (1 CPU, 8Gi memory)" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fsGroup sharing runs only as root, as the docker engine does")
+def test_sharing_a_volume_with_the_pods_group_never_follows_a_symlink(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container may plant symlinks in its volume (or swap a file for one while the runner, as root, walks
+    it): the host files they point at keep their group and mode, and nothing is changed through a path."""
+    from private_finetuning.local_runner import pods
+
+    host = tmp_path / "host-secret"
+    host.write_text("x")
+    host.chmod(0o600)
+    (tmp_path / "host-folder").mkdir()
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    (volume / "sub" / "weights.bin").write_text("w")
+    (volume / "link-to-file").symlink_to(host)
+    (volume / "link-to-folder").symlink_to(tmp_path / "host-folder")
+    before = {p: (p.stat().st_gid, p.stat().st_mode) for p in (host, tmp_path / "host-folder")}
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an owner or mode was changed through a path, which follows a symlink")
+
+    monkeypatch.setattr(os, "chown", refuse)
+    monkeypatch.setattr(Path, "chmod", refuse)
+    pods._share_with_group(volume, 10001)
+    assert {p: (p.stat().st_gid, p.stat().st_mode) for p in before} == before
+    inside = (volume / "sub" / "weights.bin").stat()
+    assert inside.st_gid == 10001 and inside.st_mode & 0o060 == 0o060

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,13 +228,30 @@ def prepare_volumes(pod: Pod) -> None:
 
 
 def _share_with_group(folder: Path, gid: int | None) -> None:
-    """What the kubelet does for fsGroup: the volume's files join the group, group-writable, recursively."""
+    """What the kubelet does for fsGroup: the volume's files join the group, group-writable, recursively.
+
+    The runner may be root and a container may be writing to the volume meanwhile, so nothing here
+    follows a symlink, even one swapped in between a look and a change: folders are walked by file
+    descriptor (``os.fwalk``), files are opened with ``O_NOFOLLOW`` relative to their folder's descriptor,
+    and the owner and mode are changed through that descriptor."""
     if gid is None or os.geteuid() != 0:
         return  # running as the user who owns the folder: nothing to share
-    for root, dirs, files in os.walk(folder):
-        for path in [Path(root), *(Path(root) / f for f in files if not (Path(root) / f).is_symlink())]:
-            if path.stat().st_gid != gid:
-                os.chown(path, -1, gid)
-            mode = path.stat().st_mode
-            path.chmod(mode | 0o2070 if path.is_dir() else mode | 0o060)
-        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+    for _root, _dirs, files, dir_fd in os.fwalk(folder, follow_symlinks=False):
+        _join_group(dir_fd, gid)
+        for name in files:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError:  # a symlink (ELOOP), or gone meanwhile: left alone
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    _join_group(fd, gid)
+            finally:
+                os.close(fd)
+
+
+def _join_group(fd: int, gid: int) -> None:
+    info = os.fstat(fd)
+    if info.st_gid != gid:
+        os.fchown(fd, -1, gid)
+    os.fchmod(fd, stat.S_IMODE(info.st_mode) | (0o2070 if stat.S_ISDIR(info.st_mode) else 0o060))
