@@ -148,12 +148,12 @@ BAD_INPUTS = [
     ("d.jsonl", '{"prompt": "q", "completion": 42}\n', {}, "d.jsonl:1: field 'completion': expected a string"),
     ("d.jsonl", '{"prompt": "  ", "completion": "a"}\n', {}, "d.jsonl:1: field 'prompt': is empty"),
     ("d.jsonl", '{"messages": [{"role": "robot", "content": "x"}]}\n', {},
-     "d.jsonl:1: field 'messages[0].role': role 'robot' is not one of"),
+     "d.jsonl:1: field 'messages[0].role': the role (a string of 5 characters) is not one of"),
     ("d.jsonl", '{"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}\n', {},
      "d.jsonl:1: field 'messages[1].role': the last message must be the assistant's"),
     ("d.jsonl", '{"messages": []}\n', {}, "d.jsonl:1: field 'messages': must be a non-empty list"),
     ("d.jsonl", '{"prompt": "q", "completion": "a", "split": "test"}\n', {},
-     "d.jsonl:1: field 'split': 'test' is not one of train, eval"),
+     "d.jsonl:1: field 'split': a string of 4 characters is not one of train, eval"),
     ("d.jsonl", '{"prompt": "q", "completion": "a"}\n' + json.dumps({"prompt": "x" * 5000, "completion": "a"}) + "\n",
      {}, "d.jsonl:2: field 'prompt': is 5000 characters long, over the limit of 4000"),
     ("d.jsonl", b'{"prompt": "q", "completion": "a"}\n{"prompt": "caf\xe9", "completion": "a"}\n', {},
@@ -172,7 +172,7 @@ BAD_INPUTS = [
     ("d.json", '[{"prompt": "q", "completion": "a"},\n {"prompt": "q", "completion": "a"}', {},
      "d.json:2: malformed JSON: the array is not closed"),
     ("d.jsonl", '{"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}\n', {},
-     "d.jsonl:1: field 'conversations[1].from': role 'robot' is not one of human, user, gpt"),
+     "d.jsonl:1: field 'conversations[1].from': the role (a string of 5 characters) is not one of human, user, gpt"),
     ("d.jsonl", '{"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}\n', {},
      "d.jsonl:1: field 'conversations[1].from': the last message must be the assistant's"),
     ("d.jsonl", '{"instruction": "q", "output": "a", "history": [["q0"]]}\n', {},
@@ -191,6 +191,10 @@ BAD_INPUTS = [
      '"answer": 95}\n', {}, "d.jsonl:2: field 'answer': is not stated in the assistant's reply"),
     ("h.csv", CSV, {"csv_template": {**TEMPLATE, "answer": "{name} rooms"}},
      "h.csv:2: field 'answer': is not stated in the assistant's reply"),
+    ("d.jsonl", '{"prompt": "q", "completion": "a", "n": ' + "7" * 5000 + "}\n", {},
+     "d.jsonl:1: malformed JSON: a number with more digits than can be read"),
+    ("d.json", '[{"prompt": "q", "completion": "a"},\n {"prompt": "q", "completion": "a", "n": ' + "7" * 5000 + "}]",
+     {}, "d.json:2: malformed JSON: a number with more digits than can be read"),
     ("d.jsonl", '{"prompt": "q", "completion": "a", "meta": ' + "[" * 100000 + "]" * 100000 + "}\n", {},
      "d.jsonl:1: nested too deeply"),
 ]
@@ -299,3 +303,15 @@ def test_parquet_rows_in_any_shape(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == EXIT_BAD_INPUT
     assert "bad.parquet:row 2: field 'output': is empty" in capsys.readouterr().err
     assert_nothing_published(tmp_path / "other")
+
+
+@pytest.mark.parametrize(("content", "field"), [
+    ('{"prompt": "q", "completion": "a", "split": "MY-SECRET-SPLIT"}\n', "split"),
+    ('{"messages": [{"role": "MY-SECRET-ROLE", "content": "x"}]}\n', "messages[0].role"),
+])
+def test_a_bad_value_is_described_never_quoted_in_the_log(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          content: str, field: str) -> None:
+    code, _ = run_stage(tmp_path, "d.jsonl", content)
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and f"field '{field}'" in err and "a string of" in err
+    assert "SECRET" not in err

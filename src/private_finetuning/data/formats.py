@@ -91,6 +91,9 @@ def stream_lines(path: Path, encoding: str, max_bytes: int) -> Iterator[tuple[in
             yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
+TOO_LONG_NUMBER = "malformed JSON: a number with more digits than can be read (over 4300)"
+
+
 def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[dict]:
     for line_no, line in lines:
         if not line.strip():
@@ -99,6 +102,8 @@ def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> 
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputDataError(str(path), f"malformed JSON: {exc.msg} at column {exc.colno}", line_no) from None
+        except ValueError:  # a number of more digits than Python converts (4300): bad input, not a crash
+            raise InputDataError(str(path), TOO_LONG_NUMBER, line_no) from None
         except RecursionError:
             raise InputDataError(str(path), "nested too deeply", line_no) from None
         yield to_record(obj, path, line_no, max_chars)
@@ -124,6 +129,8 @@ def read_json(path: Path, encoding: str, max_chars: int, max_bytes: int) -> Iter
                 raise json.JSONDecodeError("expected ',' or ']' after a record", text, position)
     except json.JSONDecodeError as exc:
         raise InputDataError(str(path), f"malformed JSON: {exc.msg} at column {exc.colno}", exc.lineno) from None
+    except ValueError:
+        raise InputDataError(str(path), TOO_LONG_NUMBER, text.count("\n", 0, position) + 1) from None
     except IndexError:
         raise InputDataError(str(path), "malformed JSON: the array is not closed", text.count("\n") + 1) from None
     except RecursionError:

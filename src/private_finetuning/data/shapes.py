@@ -26,6 +26,14 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 Line = int | str  # a line number, or "row N" for a table
 
 
+def describe(value: Any) -> str:
+    """A value from the data as an error may name it: its type and size, never its text (private, and it
+    would reach the pod log)."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
 def check_text(value: Any, path: Path, line: Line, field: str, max_chars: int, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise InputDataError(str(path), f"expected a string, got {type(value).__name__}", line, field)
@@ -62,7 +70,8 @@ def _chat(messages: Any, path: Path, line: Line, field: str, max_chars: int, *, 
         role = (roles or {r: r for r in ROLES}).get(given) if isinstance(given, str) else None
         if role is None:
             known = ", ".join(roles or ROLES)
-            raise InputDataError(str(path), f"role {given!r} is not one of {known} (tool turns are not supported)",
+            raise InputDataError(str(path), f"the role ({describe(given)}) is not one of {known} (tool turns are not "
+                                 "supported)",
                                  line, f"{where}.{role_key}")
         if role == "system" and i != 0:
             raise InputDataError(str(path), "a system message may only come first", line, f"{where}.{role_key}")
@@ -142,7 +151,7 @@ def to_record(obj: Any, path: Path, line: Line, max_chars: int) -> dict[str, Any
         raise InputDataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line)
     split = obj.get("split")
     if split is not None and split not in SPLITS:
-        raise InputDataError(str(path), f"{split!r} is not one of {', '.join(SPLITS)}", line, "split")
+        raise InputDataError(str(path), f"{describe(split)} is not one of {', '.join(SPLITS)}", line, "split")
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise InputDataError(str(path), "must be an object", line, "meta")
