@@ -61,6 +61,9 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     ("dataset: {source: {type: file, path: d.csv, csv_template: {user: '{q}', assistant: 'x {a'}}}",
      "dataset.source.csv_template.assistant: not a valid format string"),
     ("model: " + "[" * 5000 + "]" * 5000, "nested too deeply to be a pipeline config"),
+    ("serving: {model_name: ../../etc/evil}", "serving.model_name: must be 1 to 64 letters, digits"),
+    ("serving: {model_name: \"ok\\nSYSTEM injected\"}", "serving.model_name: must be 1 to 64 letters, digits"),
+    ("serving: {model_name: ''}", "serving.model_name: must be 1 to 64 letters, digits"),
 ])
 def test_invalid_config_names_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -276,3 +276,20 @@ def test_a_gguf_base_keeps_its_llama_cpp_pre_tokenizer_name_through_relocation(t
     published = open_artifact(tmp_path / "tok", "tokenizer", "base-tokenizer")
     keys = json.loads(published.file("gguf_tokenizer.json").read_text())
     assert keys["tokenizer.ggml.pre"] == "smollm" and keys["tokenizer.ggml.model"] == "gpt2"
+
+
+def test_modelfile_strings_are_raw_as_ollama_reads_them(tiny_tokenizer_dir: Path) -> None:
+    """Ollama's parser takes a quoted value as it is, with no escapes: a stop string is written raw (not JSON-
+    escaped), in triple quotes if it holds a quote, and a piece that would end the string is refused."""
+    assert ollama.modelfile_string("<|im_end|>") == '"<|im_end|>"'
+    assert ollama.modelfile_string("</s>\\n") == '"</s>\\n"'  # a backslash stays one backslash
+    assert ollama.modelfile_string('say "hi"x') == '"""say "hi"x"""'
+    for bad in ('a"""b', 'ends with "'):
+        with pytest.raises(ExportError, match="stop string"):
+            ollama.modelfile_string(bad)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    fmt = ollama.TurnFormat(head='"""', system_tail="", user_tail="", assistant_tail="")
+    with pytest.raises(ExportError, match="turn markers contain"):
+        ollama.modelfile("m.gguf", fmt, tokenizer, "Be brief.", num_predict=8)

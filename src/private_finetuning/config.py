@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import string
 import types
 import typing
@@ -318,6 +319,9 @@ class OpenVINOConfig:
                  at_most={"kv_cache_gb": 4096, "max_num_batched_tokens": 1 << 20, "threads": 4096})
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 @dataclass
 class ServingConfig:
     # The model id reported by /v1/models and in OpenAI-style responses.
@@ -358,6 +362,10 @@ class ServingConfig:
                           "queue_size": 1_000_000})
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ConfigError(f"{where}.max_new_tokens: above max_new_tokens_limit ({self.max_new_tokens_limit})")
+        if not MODEL_NAME.fullmatch(self.model_name):
+            # It names export files and the Modelfile's model: a path or a line break in it would escape both.
+            raise ConfigError(f"{where}.model_name: must be 1 to 64 letters, digits, '.', '_' or '-', starting with a "
+                              f"letter or digit (it names the export files and the Ollama model)")
 
 
 @dataclass

@@ -10,7 +10,6 @@ text depends on more than the role (position, content) is refused with a message
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -98,13 +97,26 @@ def modelfile(gguf_name: str, fmt: TurnFormat, tokenizer: Any, system_prompt: st
     """The Modelfile text: FROM the GGUF beside it, its TEMPLATE, the SYSTEM prompt, greedy decoding."""
     if '"""' in system_prompt:
         raise ExportError('the system prompt contains """, which ends a Modelfile string; rephrase it')
+    template = go_template(fmt)
+    if '"""' in template:
+        raise ExportError('the chat template\'s turn markers contain """, which ends a Modelfile string; no Ollama '
+                          "TEMPLATE can carry them")
     lines = [
         "# Ollama: ollama create <name> -f Modelfile && ollama run <name>",
         f"FROM ./{gguf_name}",
-        f'TEMPLATE """{go_template(fmt)}"""',
+        f'TEMPLATE """{template}"""',
         f'SYSTEM """{system_prompt}"""',
         "PARAMETER temperature 0",
         f"PARAMETER num_predict {num_predict}",
     ]
-    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stop_strings(fmt, tokenizer)]
+    lines += [f"PARAMETER stop {modelfile_string(s)}" for s in stop_strings(fmt, tokenizer)]
     return "\n".join(lines) + "\n"
+
+
+def modelfile_string(text: str) -> str:
+    """``text`` as a Modelfile value: Ollama's parser takes what is between the quotes as it is (no escapes),
+    so it is written raw, in triple quotes where it holds a quote or a line break."""
+    if '"""' in text or text.endswith('"'):
+        raise ExportError("a stop string contains a quote where a Modelfile string cannot hold it")
+    return f'"""{text}"""' if '"' in text or "\n" in text else f'"{text}"'
+
