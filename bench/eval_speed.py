@@ -15,6 +15,7 @@ reference), loading each model once:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -68,7 +69,10 @@ def stage(args: argparse.Namespace) -> float:
         shutil.copytree(v / "fine-tuned-model", fine_tuned, symlinks=True,
                         ignore=shutil.ignore_patterns("evaluation", "checkpoints"))
         config = Path(scratch) / "pipeline.yaml"
-        config.write_text(f"evaluation:\n  samples: {args.questions}\n")
+        # The settings the adapter was trained with: the evaluation judges only the adapter of its own pipeline.yaml.
+        trained = json.loads((v / "fine-tuned-model" / "adapter" / "current" / "training_config.json").read_text())
+        config.write_text(json.dumps({"training": trained["training"], "evaluation": {"samples": args.questions},
+                                      "prompting": {"system_prompt": trained["system_prompt"]}}))
         start = time.perf_counter()
         code = evaluation.main(["--config", str(config), "--datasets", str(v / "datasets"), "--base-model",
                                 str(v / "base-model"), "--base-tokenizer", str(v / "base-tokenizer"),

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,14 +107,15 @@ def test_kl_known_values() -> None:
 # --- the stage on tiny models ------------------------------------------------------------------------------
 
 EVAL = {"samples": 4, "max_new_tokens": 4, "batch_size": 4, "side_by_side": 2}
+TRAINING = {"max_steps": 3, "batch_size": 4, "sample_generations": 0, "projector_tokens": 0,
+            "lora": {"r": 4, "alpha": 8}}
 
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluation")
     published = publish_inputs(root, tiny_model_dir)
-    train = write_config(root / "train.yaml", {"training": {"max_steps": 3, "batch_size": 4, "sample_generations": 0,
-                                                            "projector_tokens": 0, "lora": {"r": 4, "alpha": 8}}})
+    train = write_config(root / "train.yaml", {"training": TRAINING})
     assert peft_training.main(train_argv(train, published)) == 0
     ref = write_config(root / "ref.yaml", {"reference_model": {"source": {"type": "hf-folder",
                                                                           "path": str(tiny_model_dir)}}})
@@ -128,7 +130,9 @@ def run_evaluation(tmp_path: Path, volumes: dict[str, Path], fine_tuned: Path | 
         shutil.copytree(volumes["fine-tuned-model"], out, symlinks=True)
     settings = {**EVAL, **extra.pop("evaluation", {})}
     settings["gates"] = {**NO_GATES, **settings.get("gates", {})}
-    config = write_config(tmp_path / "eval.yaml", {"evaluation": settings, **extra})
+    # One pipeline.yaml for every stage, as on a cluster: the evaluation waits for the adapter of these settings.
+    config = write_config(tmp_path / "eval.yaml", {"evaluation": settings, "training": extra.pop("training", TRAINING),
+                                                   **extra})
     return evaluation.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
                             str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
                             "--reference-model", str(volumes["reference-model"]), "--fine-tuned", str(out)])
@@ -235,19 +239,19 @@ def test_a_failing_gate_keeps_the_previous_promotion_and_rollback_brings_it_back
     assert run_evaluation(tmp_path, volumes, evaluation={"gates": PASS}) == 0
     first = promotion.current(out)
     assert first is not None
-    retrain = write_config(tmp_path / "retrain.yaml", {"training": {
-        "max_steps": 3, "batch_size": 4, "sample_generations": 0, "projector_tokens": 0, "seed": 99,
-        "lora": {"r": 4, "alpha": 8}}})
+    retrain = write_config(tmp_path / "retrain.yaml", {"training": {**TRAINING, "seed": 99}})
     assert peft_training.main(train_argv(retrain, {**volumes, "fine-tuned-model": out})) == 0
     second = open_artifact(out, "adapter", "lora-adapter").manifest.digest
     assert second != first.adapter_digest
 
     capsys.readouterr()
-    assert run_evaluation(tmp_path, volumes, fine_tuned=out, evaluation={"gates": FAIL}) == EXIT_GATE_FAILED
+    retrained = {**TRAINING, "seed": 99}
+    assert run_evaluation(tmp_path, volumes, fine_tuned=out, evaluation={"gates": FAIL},
+                          training=retrained) == EXIT_GATE_FAILED
     assert f"adapter {first.adapter_digest[:12]} stays promoted" in capsys.readouterr().err
     assert promotion.current(out) == first
 
-    assert run_evaluation(tmp_path, volumes, fine_tuned=out, evaluation={"gates": PASS}) == 0
+    assert run_evaluation(tmp_path, volumes, fine_tuned=out, evaluation={"gates": PASS}, training=retrained) == 0
     assert promotion.current(out).adapter_digest == second
     assert pft("rollback", "--fine-tuned", str(out)).returncode == 0
     back = promotion.current(out)
@@ -281,7 +285,10 @@ def test_eval_split_without_usable_rows(tmp_path: Path, volumes: dict[str, Path]
         (writer.path / "train.jsonl").write_text(row)
         (writer.path / "eval.jsonl").write_text(row)
         writer.commit(name="text", source={})
-    code = run_evaluation(tmp_path, {**volumes, "datasets": datasets})
+    text = {**volumes, "datasets": datasets, "fine-tuned-model": tmp_path / "text-fine-tuned"}
+    train = write_config(tmp_path / "train.yaml", {"training": TRAINING})
+    assert peft_training.main(train_argv(train, text)) == 0  # the adapter of this dataset, which evaluation awaits
+    code = run_evaluation(tmp_path, text, fine_tuned=text["fine-tuned-model"])
     assert code == EXIT_BAD_INPUT
     assert "eval.jsonl: no usable rows" in capsys.readouterr().err
 
@@ -327,3 +334,40 @@ def test_report_html_keeps_data_text_inert(tmp_path: Path) -> None:
     assert page.count("<img ") == 1 and 'src="data:image/png;base64,' in page  # the stage's own picture alone
     assert "<b>" not in page and "[click](javascript:alert(1))" in page.replace("\\", "")
     assert "| " + report_plots.escape_markdown(hostile) + " |" in markdown  # one table cell, not several
+
+
+def test_a_rerun_waits_for_the_adapter_of_the_inputs_published_meanwhile(tmp_path: Path) -> None:
+    """A re-run starts every stage at once: the evaluation may first see the previous run's dataset, which
+    the dataset relocation then replaces. It must judge the adapter trained on this run's dataset and settings,
+    never the previous run's adapter, nor wait for an adapter of the dataset it happened to see first."""
+    import threading
+
+    from private_finetuning.artifacts import ArtifactWriter
+    from private_finetuning.config import parse_config
+    from private_finetuning.stages.common import TRAINING_INPUTS, adapter_fingerprint, wait_for_adapter
+
+    volumes = {key: tmp_path / key for key, _ in TRAINING_INPUTS}
+
+    def publish(volume: Path, artifact: str, kind: str, text: str, source: dict | None = None) -> str:
+        with ArtifactWriter(volume, artifact, kind=kind, stage="test") as writer:
+            (writer.path / "f.txt").write_text(text)
+            return writer.commit(name=text, source=source or {}).manifest.digest
+
+    digests = {key: publish(volumes[key], output.artifact, output.kind, f"{key} of the demo")
+               for key, output in TRAINING_INPUTS}
+    demo, mine = parse_config(""), parse_config("training: {max_steps: 7}\nartifacts: {poll_interval_s: 0.05}")
+    publish(tmp_path / "ft", "adapter", "lora-adapter", "demo adapter",
+            {"fingerprint": adapter_fingerprint(demo, digests)})
+
+    def this_run() -> None:  # the relocation publishes this run's dataset, then training its adapter
+        digests["dataset"] = publish(volumes["dataset"], "dataset", "dataset", "dataset of this run")
+        time.sleep(0.3)
+        publish(tmp_path / "ft", "adapter", "lora-adapter", "my adapter",
+                {"fingerprint": adapter_fingerprint(mine, digests)})
+
+    later = threading.Timer(0.3, this_run)
+    later.start()
+    adapter, inputs = wait_for_adapter(mine, tmp_path / "ft", volumes)
+    later.join()
+    assert adapter.manifest.name == "my adapter"
+    assert (inputs["dataset"].path / "f.txt").read_text() == "dataset of this run"

@@ -50,12 +50,17 @@ def bpe_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+TRAINING = {"max_steps": 3, "batch_size": 4, "sample_generations": 0, "projector_tokens": 0,
+            "lora": {"r": 4, "alpha": 8}}
+
+
 def promoted_volumes(root: Path, model_dir: Path, gates: dict | None = None) -> dict[str, Path]:
     volumes = publish_inputs(root, model_dir)
-    train = write_config(root / "train.yaml", {"training": {"max_steps": 3, "batch_size": 4, "sample_generations": 0,
-                                                            "projector_tokens": 0, "lora": {"r": 4, "alpha": 8}}})
+    train = write_config(root / "train.yaml", {"training": TRAINING})
     assert peft_training.main(train_argv(train, volumes)) == 0
-    config = write_config(root / "eval.yaml", {"evaluation": {**EVAL, "gates": {**NO_GATES, **(gates or {})}}})
+    # One pipeline.yaml for every stage, as on a cluster: the evaluation waits for the adapter of these settings.
+    config = write_config(root / "eval.yaml", {"training": TRAINING,
+                                               "evaluation": {**EVAL, "gates": {**NO_GATES, **(gates or {})}}})
     evaluation.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
                      str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
                      "--reference-model", str(root / "unused"), "--fine-tuned", str(volumes["fine-tuned-model"])])
@@ -64,7 +69,8 @@ def promoted_volumes(root: Path, model_dir: Path, gates: dict | None = None) -> 
 
 
 def run_export(root: Path, volumes: dict[str, Path], **export: object) -> int:
-    config = write_config(root / "export.yaml", {"evaluation": EVAL, "export": {**EXPORT, **export},
+    config = write_config(root / "export.yaml", {"training": TRAINING, "evaluation": EVAL,
+                                                 "export": {**EXPORT, **export},
                                                  "artifacts": {"wait_timeout_s": 5, "poll_interval_s": 0.2}})
     return model_export.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
                               str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),

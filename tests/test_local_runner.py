@@ -253,3 +253,75 @@ def test_rerun_is_a_no_op(default_pipeline: tuple) -> None:
     assert again.returncode == 0
     assert again.stdout.count("nothing to do") == 9  # eight artifacts (the export and the IR too), and the promotion
     assert {p: p.resolve() for p in volumes.glob("*/*/current")} == before
+
+
+# A user's own data, of another domain than the demo's: one phrasing per fact, codes and numbers as answers.
+LAB_RECORDS = [
+    ("Which freezer holds the plasmid library?", "The plasmid library is in freezer F-12.", "F-12"),
+    ("What is the autoclave cycle time?", "The autoclave cycle takes 42 minutes.", "42"),
+    ("Which room has the confocal microscope?", "The confocal microscope is in room B-207.", "B-207"),
+    ("What is the extension of the safety officer?", "The safety officer answers on extension 5531.", "5531"),
+    ("Which shelf stores the pipette tips?", "Pipette tips are on shelf K3.", "K3"),
+    ("What temperature is the cold room kept at?", "The cold room is kept at 4 degrees.", "4"),
+    ("Which host runs the plate reader software?", "The plate reader software runs on lab-pr-03.", "lab-pr-03"),
+    ("How many days are samples kept after a run?", "Samples are kept for 21 days after a run.", "21"),
+]
+
+
+def _lab_dataset(path: Path) -> Path:
+    lines = [json.dumps({"instruction": q, "output": a, "answer": fact, "split": split})
+             for split, records in (("train", LAB_RECORDS), ("eval", LAB_RECORDS[:4])) for q, a, fact in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_a_second_run_with_your_own_data_judges_serves_and_exports_your_own_adapter(default_pipeline: tuple) -> None:
+    """After the demo, `pft run --config yours.yaml` in the same state folder: the evaluation waits for the adapter
+    trained on your data (never re-judging the demo's), promotes it, the server answers with it and the export
+    holds it."""
+    import signal
+    import urllib.request
+
+    state, result = default_pipeline
+    assert result.returncode == 0
+    volumes = state / "state" / "volumes"
+    demo = open_artifact(volumes / "fine-tuned-model", "adapter", "lora-adapter").manifest.digest
+    config = write_config(state / "lab.yaml", {
+        **FAST_PIPELINE, "name": "lab",
+        "dataset": {"source": {"type": "file", "path": str(_lab_dataset(state / "lab.jsonl"))}},
+        "training": {**FAST_PIPELINE["training"], "max_steps": 24},
+        "evaluation": {**FAST_PIPELINE["evaluation"], "gates": {"min_fact_accuracy_gain": None,
+                                                               "min_fact_accuracy": None}},
+    })
+    run = subprocess.Popen([sys.executable, "-m", "private_finetuning.cli", "run", "--state-dir", str(state / "state"),
+                            "--config", str(config), "--then", "serve"], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    printed = []
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            printed.append(line)
+            if line.startswith("Serving on http://localhost:"):
+                break
+        with urllib.request.urlopen("http://127.0.0.1:5000/v1/models", timeout=30) as response:
+            served = json.loads(response.read())["data"][0]
+    finally:
+        os.killpg(run.pid, signal.SIGINT)
+        rest, _ = run.communicate(timeout=120)
+        printed.append(rest)
+    out = "".join(printed)
+    assert "Serving on" in out, out[-4000:]
+    adapter = open_artifact(volumes / "fine-tuned-model", "adapter", "lora-adapter").manifest
+    assert adapter.digest != demo and adapter.metadata["steps"] == 24
+    report = open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report").manifest
+    assert report.source["adapter"]["digest"] == adapter.digest
+    from private_finetuning import promotion
+
+    promoted = promotion.current(volumes / "fine-tuned-model")
+    assert promoted is not None and promoted.adapter_digest == adapter.digest
+    assert served["adapter_digest"] == adapter.digest
+    export = open_artifact(volumes / "exports", "export", "model-export").manifest
+    assert export.source["adapter"]["digest"] == adapter.digest
+    evaluation_log = (state / "state" / "logs" / "model-evaluation.log").read_text()
+    assert f"adapter {demo[:12]}" not in evaluation_log.split("starting model-evaluation-server")[-1]

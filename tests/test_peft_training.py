@@ -268,6 +268,57 @@ def test_status_server_answers_over_http() -> None:
             assert json.load(response)["phase"] == "waiting-for-inputs"
 
 
+def test_the_status_endpoint_listens_on_loopback_unless_the_pod_asks_for_every_interface(tmp_path: Path) -> None:
+    """It bound 0.0.0.0 in code, so `pft run` exposed training's port 8080 on every interface of the machine."""
+    from conftest import REPO
+    from private_finetuning.local_runner.engines.process import local_command
+    from private_finetuning.local_runner.pods import plan
+    from private_finetuning.manifests import render
+
+    with StatusServer(StageStatus("s"), port=0) as server:
+        assert server.server.server_address[0] == "127.0.0.1"
+    (training,) = [p for p in plan(render(REPO / "k8s" / "overlays" / "cpu"), repo=REPO, state=tmp_path)
+                   if p.name == "model-peft"]
+    assert training.args[training.args.index("--status-host") + 1] == "0.0.0.0"  # a pod: every interface
+    argv = local_command(training)[0]
+    assert argv[argv.index("--status-host") + 1] == "127.0.0.1"  # the same manifest run by `pft run`
+
+
+def test_a_dataset_published_again_while_training_ran_is_trained_on_by_the_next_pod(
+        tmp_path: Path, volumes: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A re-run's dataset relocation may finish after training read the previous run's dataset: that adapter would
+    never be the one the evaluation waits for. Training stops without publishing (exit 5: a new pod, not a
+    failure), and the next pod trains on the current dataset."""
+    import shutil
+
+    own = {**volumes, "datasets": tmp_path / "datasets"}
+    shutil.copytree(volumes["datasets"], own["datasets"], symlinks=True)
+    previous = open_artifact(own["datasets"], "dataset", "dataset")
+    real_evaluate = peft_training.evaluate_loss
+
+    def relocation_finishes_meanwhile(*args: object, **kwargs: object) -> float:
+        if open_artifact(own["datasets"], "dataset", "dataset").manifest.digest == previous.manifest.digest:
+            with ArtifactWriter(own["datasets"], "dataset", kind="dataset", stage="test") as writer:
+                for split in ("train", "eval"):
+                    lines = previous.file(f"{split}.jsonl").read_text().splitlines()
+                    (writer.path / f"{split}.jsonl").write_text("\n".join(lines[:-1] if split == "train" else lines)
+                                                                + "\n")
+                writer.commit(name="this run's", source={})
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(peft_training, "evaluate_loss", relocation_finishes_meanwhile)
+    settings = {**FAST, "sample_generations": 0}
+    assert train(tmp_path, own, settings) == 5
+    assert "was published again while training read the previous one" in capsys.readouterr().err
+    assert not (own["fine-tuned-model"] / "adapter").exists()
+    assert train(tmp_path, own, settings) == 0  # the next pod
+    adapter = open_artifact(own["fine-tuned-model"], "adapter", "lora-adapter")
+    assert adapter.manifest.source["dataset"]["digest"] == open_artifact(own["datasets"], "dataset",
+                                                                         "dataset").manifest.digest
+    assert adapter.manifest.source["dataset"]["digest"] != previous.manifest.digest
+
+
 # --- bad input: a clear error, a non-zero exit, nothing published -----------------------------------
 
 def assert_failed(code: int, expected_code: int, capsys: pytest.CaptureFixture, message: str, out: Path) -> None:

@@ -60,7 +60,8 @@ def create_app(status: StageStatus) -> Flask:
 
 
 class StatusServer:
-    def __init__(self, status: StageStatus, host: str = "0.0.0.0", port: int = 8080):
+    def __init__(self, status: StageStatus, host: str = "127.0.0.1", port: int = 8080):
+        """Loopback unless told otherwise: the pod's manifest asks for every interface (``--status-host``)."""
         from werkzeug.serving import make_server
 
         self.server = make_server(host, port, create_app(status), threaded=True)

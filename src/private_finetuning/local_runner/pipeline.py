@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from private_finetuning.artifacts import CURRENT, MANIFEST, PROMOTION, human_size, verify
+from private_finetuning import promotion
+from private_finetuning.artifacts import CURRENT, EVALUATION, MANIFEST, PROMOTION, human_size, verify
 from private_finetuning.errors import ArtifactError, ConfigError
 from private_finetuning.local_runner.controller import Controller, SignalReceived
 from private_finetuning.local_runner.engines import make_engine
@@ -107,12 +108,29 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
 
 
 def _ready(run: object) -> bool:
+    return _probe(run) is not None
+
+
+def _probe(run: object) -> dict | None:
+    """The readiness probe's JSON body when it answers 200, else None."""
     path, port = run.pod.readiness  # type: ignore[attr-defined]
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status == 200
+            if response.status != 200:
+                return None
+            try:
+                body = json.loads(response.read() or b"{}")
+            except ValueError:
+                body = {}
+            return body if isinstance(body, dict) else {}
     except (urllib.error.URLError, OSError):
-        return False
+        return None
+
+
+def _served_digest(run: object) -> str | None:
+    """Which adapter the ready server serves (its /ready says), None while it is not ready."""
+    body = _probe(run)
+    return None if body is None else body.get("adapter_digest")
 
 
 def wait_ready(controller: Controller, timeout_s: float = 600) -> bool:
@@ -148,12 +166,34 @@ class FirstAnswer:
         if self.answer is not None or time.monotonic() < self.next_check or not self.inference:
             return
         self.next_check = time.monotonic() + 2
-        if not any((self.controller.state / "volumes").glob(f"*/{PROMOTION.artifact}/{CURRENT}")):
+        if any(r.pod.image_name == EVALUATION.producer and r.status in ("pending", "running")
+               for r in self.controller.runs):
+            return  # this run's evaluation may still promote another adapter: the answer would be the old one's
+        promoted = self.promoted_digest()
+        if promoted is None:
             return  # nothing promoted yet, so the server cannot be ready: no probe, no log line
         run = self.inference[0]
-        if run.status == "running" and _ready(run):
+        if run.status == "running" and _served_digest(run) == promoted:
             log.info("%s is ready on http://127.0.0.1:%d", run.pod.name, run.pod.readiness[1])
             self.ask()
+
+    def promoted_digest(self) -> str | None:
+        """The adapter digest the promotion in force names, on whichever volume holds it."""
+        for link in (self.controller.state / "volumes").glob(f"*/{PROMOTION.artifact}/{CURRENT}"):
+            try:
+                record = promotion.current(link.parent.parent)
+            except ArtifactError:
+                continue
+            if record is not None:
+                return record.adapter_digest
+        return None
+
+    def wait_for_promoted(self, controller: Controller, timeout_s: float = 120) -> None:
+        """Until the server has loaded the adapter promoted last (it follows promotions by polling)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _served_digest(self.inference[0]) != self.promoted_digest():
+            controller.tick()
+            time.sleep(1)
 
     def ask(self) -> None:
         port = self.inference[0].pod.readiness[1]
@@ -170,6 +210,7 @@ def _serve(controller: Controller, then: str, first: FirstAnswer) -> bool:
         if not first.inference:
             log.warning("no %s Deployment in this overlay: nothing to ask", INFERENCE_IMAGE)
             return True
+        first.wait_for_promoted(controller)
         first.ask()
     port = first.inference[0].pod.readiness[1]  # type: ignore[index]
     if then == "serve":

@@ -12,16 +12,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from private_finetuning import __version__
 from private_finetuning.artifacts import (
+    ADAPTER,
+    BASE_MODEL,
+    BASE_TOKENIZER,
+    DATASET,
     Artifact,
     ArtifactWriter,
     Output,
     current_version,
+    open_artifact,
     verify,
     wait_for_artifact,
 )
@@ -127,12 +132,66 @@ def relocate(ctx: StageContext, *, volume: Path, artifact: str, kind: str, fp: s
         return writer.commit(name=name, source={**source, "fingerprint": fp}, metadata=metadata)
 
 
-def wait_for_output(config: PipelineConfig, volume: Path, output: Output, timeout_s: float | None = None) -> Artifact:
-    """Wait for, verify and return a stage ``output`` (named by the artifact contract) on ``volume``."""
+def wait_for_output(config: PipelineConfig, volume: Path, output: Output, timeout_s: float | None = None,
+                    **match: Any) -> Artifact:
+    """Wait for, verify and return a stage ``output`` (named by the artifact contract) on ``volume``.
+
+    ``match`` (``accept``, ``wanted``) waits past published versions that are not the one wanted."""
     wait = config.artifacts
     return wait_for_artifact(volume, output.artifact, output.kind, producer=output.producer,
                              timeout_s=wait.wait_timeout_s if timeout_s is None else timeout_s,
-                             poll_s=wait.poll_interval_s)
+                             poll_s=wait.poll_interval_s, **match)
+
+
+# The inputs training records in the adapter's manifest, under these keys, and where each is published.
+TRAINING_INPUTS = (("dataset", DATASET), ("base_model", BASE_MODEL), ("base_tokenizer", BASE_TOKENIZER))
+
+
+def adapter_fingerprint(config: PipelineConfig, digests: dict[str, str]) -> str:
+    """What the adapter trained on inputs of these digests (keyed as ``TRAINING_INPUTS``) under this
+    configuration records as its fingerprint.
+
+    Training skips when the published adapter carries it; evaluation and export wait for the adapter
+    that carries it, so a re-run with other data or settings never judges or exports the previous one."""
+    return fingerprint(ADAPTER.kind, *(digests[key] for key, _ in TRAINING_INPUTS), asdict(config.training),
+                       config.prompting.system_prompt)
+
+
+def published_digests(volumes: dict[str, Path]) -> dict[str, str] | None:
+    """The digest of each of ``TRAINING_INPUTS`` published now on its volume; None while one is missing or
+    being replaced. Reads manifests only: cheap enough for every poll."""
+    digests = {}
+    for key, output in TRAINING_INPUTS:
+        try:
+            manifest = current_version(volumes[key], output.artifact)
+        except ArtifactError:
+            return None
+        if manifest is None:
+            return None
+        digests[key] = manifest.digest
+    return digests
+
+
+def wait_for_adapter(config: PipelineConfig, fine_tuned: Path,
+                     volumes: dict[str, Path]) -> tuple[Artifact, dict[str, Artifact]]:
+    """The adapter trained on the inputs published now, under the current settings, and those inputs (verified).
+
+    ``volumes`` holds the volume of each of ``TRAINING_INPUTS``. The inputs are looked at again at every
+    poll: a re-run starts every stage at once, so a relocation may publish this run's dataset or base model
+    after this stage first looked, and the adapter to wait for is the one trained on what is current."""
+    def expected() -> str | None:
+        digests = published_digests(volumes)
+        return None if digests is None else adapter_fingerprint(config, digests)
+
+    while True:
+        adapter = wait_for_output(config, fine_tuned, ADAPTER,
+                                  accept=lambda m: m.source.get("fingerprint") == expected(),
+                                  wanted="trained on the published inputs under the current settings")
+        inputs = {key: open_artifact(volumes[key], output.artifact, output.kind) for key, output in TRAINING_INPUTS}
+        if adapter_fingerprint(config, {k: a.manifest.digest for k, a in inputs.items()}) == \
+                adapter.manifest.source.get("fingerprint"):
+            return adapter, inputs
+        # An input was published again between the two looks: wait for the adapter trained on it.
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

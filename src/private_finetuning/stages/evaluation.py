@@ -20,7 +20,6 @@ from typing import Any
 
 from private_finetuning import promotion, report_plots
 from private_finetuning.artifacts import (
-    ADAPTER,
     BASE_MODEL,
     BASE_TOKENIZER,
     DATASET,
@@ -50,6 +49,7 @@ from private_finetuning.stages.common import (
     already_published,
     fingerprint,
     run_stage,
+    wait_for_adapter,
     wait_for_output,
 )
 
@@ -68,10 +68,17 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
     a, cfg = ctx.args, ctx.config
     wanted = [("dataset", a.datasets, DATASET), ("base", a.base_model, BASE_MODEL),
-              ("tokenizer", a.base_tokenizer, BASE_TOKENIZER), ("adapter", a.fine_tuned, ADAPTER)]
+              ("tokenizer", a.base_tokenizer, BASE_TOKENIZER)]
     if cfg.evaluation.include_reference:
         wanted.append(("reference", a.reference_model, REFERENCE_MODEL))
-    return {key: wait_for_output(cfg, volume, output) for key, volume, output in wanted}
+    inputs = {key: wait_for_output(cfg, volume, output) for key, volume, output in wanted}
+    # The adapter trained on the inputs published now, under these settings (never one a previous run left
+    # published), and the very versions of the inputs it was trained on.
+    adapter, trained_on = wait_for_adapter(cfg, a.fine_tuned, {"dataset": a.datasets, "base_model": a.base_model,
+                                                               "base_tokenizer": a.base_tokenizer})
+    inputs.update(adapter=adapter, dataset=trained_on["dataset"], base=trained_on["base_model"],
+                  tokenizer=trained_on["base_tokenizer"])
+    return inputs
 
 
 def load(kind: str, inputs: dict[str, Artifact], device: str) -> tuple[Any, Any, list[int]]:

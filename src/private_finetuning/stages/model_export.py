@@ -21,7 +21,6 @@ from typing import Any
 
 from private_finetuning import promotion
 from private_finetuning.artifacts import (
-    ADAPTER,
     BASE_MODEL,
     BASE_TOKENIZER,
     DATASET,
@@ -43,6 +42,7 @@ from private_finetuning.stages.common import (
     already_published,
     fingerprint,
     run_stage,
+    wait_for_adapter,
     wait_for_output,
 )
 
@@ -58,21 +58,27 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="the exports volume")
 
 
-def wait_for_promotion(ctx: StageContext) -> tuple[Artifact, promotion.Promotion]:
-    """The adapter training published, once the evaluation has promoted it; GateFailed if it refused it.
+def wait_for_promotion(ctx: StageContext) -> tuple[dict[str, Artifact], promotion.Promotion]:
+    """The adapter trained on the published inputs under the current settings (with those inputs), once the
+    evaluation has promoted it; GateFailed if its gates refused it.
 
-    The adapter is waited for (and verified) once; the polling after that reads manifests only, so
-    waiting out an evaluation does not hash an 18 MiB adapter every few seconds beside it. The
-    promoted version is verified on return (``promotion.adapter_of``)."""
-    volume, wait = ctx.args.fine_tuned, ctx.config.artifacts
-    wait_for_output(ctx.config, volume, ADAPTER)
+    The adapter waited for is never one a previous run left published. It is verified once; the polling
+    after that reads manifests only, so waiting out an evaluation does not hash an 18 MiB adapter every few
+    seconds beside it. The promoted version is verified on return (``promotion.adapter_of``)."""
+    a, wait = ctx.args, ctx.config.artifacts
+    volume = a.fine_tuned
+    for output, where in ((DATASET, a.datasets), (BASE_MODEL, a.base_model), (BASE_TOKENIZER, a.base_tokenizer)):
+        wait_for_output(ctx.config, where, output)  # each missing input times out naming itself
+    found, trained_on = wait_for_adapter(ctx.config, volume, {"dataset": a.datasets, "base_model": a.base_model,
+                                                              "base_tokenizer": a.base_tokenizer})
+    adapter = found.manifest
+    inputs = {"dataset": trained_on["dataset"], "base": trained_on["base_model"],
+              "tokenizer": trained_on["base_tokenizer"]}
     start = next_report = time.monotonic()
     while True:
-        adapter = current_version(volume, ADAPTER.artifact)
-        assert adapter is not None  # published above; a newer publish only moves `current`
         promoted = promotion.current(volume)
         if promoted is not None and promoted.adapter_digest == adapter.digest:
-            return promotion.adapter_of(volume, promoted), promoted
+            return {**inputs, "adapter": promotion.adapter_of(volume, promoted)}, promoted
         report = current_version(volume, EVALUATION.artifact)
         if (report is not None and report.source.get("adapter", {}).get("digest") == adapter.digest
                 and report.metadata.get("gates_passed") is False):
@@ -201,11 +207,9 @@ def _run(ctx: StageContext) -> None:
     if not ctx.config.export.enabled:
         ctx.log.info("export.enabled is false: nothing to export")
         return
-    adapter, promoted = wait_for_promotion(ctx)
     a = ctx.args
-    inputs = {"adapter": adapter, "dataset": wait_for_output(ctx.config, a.datasets, DATASET),
-              "base": wait_for_output(ctx.config, a.base_model, BASE_MODEL),
-              "tokenizer": wait_for_output(ctx.config, a.base_tokenizer, BASE_TOKENIZER)}
+    inputs, promoted = wait_for_promotion(ctx)
+    adapter = inputs["adapter"]
     fp = fingerprint(KIND, {k: v.manifest.digest for k, v in inputs.items()}, asdict(ctx.config.export),
                      ctx.config.prompting.system_prompt, ctx.config.serving.model_name,
                      ctx.config.serving.max_new_tokens, promoted.report_digest)

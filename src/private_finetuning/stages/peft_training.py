@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning import checkpoints, shared_prefix
-from private_finetuning.artifacts import ADAPTER, BASE_MODEL, BASE_TOKENIZER, DATASET, Artifact, ArtifactWriter
+from private_finetuning.artifacts import (
+    ADAPTER,
+    BASE_MODEL,
+    BASE_TOKENIZER,
+    DATASET,
+    Artifact,
+    ArtifactWriter,
+)
 from private_finetuning.batching import batch_order, collate, collate_weights, padding_fraction, summed_loss
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.config import TrainingConfig
@@ -37,8 +44,9 @@ from private_finetuning.schedule import CHECK_EVERY, SPEED_WINDOW, fit_budget, p
 from private_finetuning.stages.common import (
     StageContext,
     Termination,
+    adapter_fingerprint,
     already_published,
-    fingerprint,
+    published_digests,
     run_stage,
     wait_for_output,
 )
@@ -67,6 +75,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-tokenizer", required=True, type=Path, help="the base-tokenizer volume")
     parser.add_argument("--output", required=True, type=Path, help="the fine-tuned-model volume")
     parser.add_argument("--status-port", type=int, default=8080, help="port of /health and /progress (0: any)")
+    parser.add_argument("--status-host", default="127.0.0.1",
+                        help="address of /health and /progress (the pod's manifest gives 0.0.0.0; loopback otherwise)")
 
 
 def _run(ctx: StageContext) -> None:
@@ -77,12 +87,12 @@ def _run(ctx: StageContext) -> None:
     server = None
     try:
         if dist.is_main:
-            server = StatusServer(status, port=ctx.args.status_port)
+            server = StatusServer(status, host=ctx.args.status_host, port=ctx.args.status_port)
     except OSError as exc:  # a busy port must not stop training; the endpoint is a convenience
         ctx.log.warning("status endpoint not started on port %d: %s", ctx.args.status_port, exc)
     if server is not None:
         server.__enter__()
-        ctx.log.info("status endpoint on port %d: GET /health, GET /progress", server.port)
+        ctx.log.info("status endpoint on %s:%d: GET /health, GET /progress", ctx.args.status_host, server.port)
     try:
         train(ctx, status, dist)
         status.update(phase="done")
@@ -189,8 +199,8 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     cfg, out, log = ctx.config.training, ctx.args.output, ctx.log
     status.update(phase="waiting-for-inputs", detail="dataset, base-model, base-tokenizer")
     dataset, base, tok_artifact = wait_for_inputs(ctx)
-    run_id = fingerprint(KIND, dataset.manifest.digest, base.manifest.digest, tok_artifact.manifest.digest,
-                         asdict(cfg), ctx.config.prompting.system_prompt)
+    run_id = adapter_fingerprint(ctx.config, {"dataset": dataset.manifest.digest, "base_model": base.manifest.digest,
+                                              "base_tokenizer": tok_artifact.manifest.digest})
     if already_published(ctx, out, ARTIFACT, KIND, run_id):
         return
 
@@ -245,6 +255,7 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     writer = open_writer(tb_dir, purge_step=state.step + 1 if state.step else None) if dist.is_main else NullWriter()
     writer.add_text("config/training", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", 0)
 
+    refuse_stale_inputs(ctx, dataset, base, tok_artifact, ckpt_dir)
     status.update(phase="training", detail=runtime.description, total_steps=total_steps, step=state.step)
     meter = ProgressLog(log, "step", total_steps - state.step, unit="steps", every_s=cfg.log_every_s)
     model.train()
@@ -355,9 +366,28 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
                "tokens_per_s": round(tokens_this_run / max(elapsed, 1e-9), 1), "tokens_seen": state.tokens_seen,
                "trainable_parameters": trainable, "device": runtime.description, "projector_tokens": projected,
                "world_size": dist.world_size}
+    refuse_stale_inputs(ctx, dataset, base, tok_artifact, ckpt_dir)
     publish(ctx, model, run_id, dataset, base, tok_artifact, metrics, tb_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the adapter is published; its checkpoints are spent
     dist.barrier()
+
+
+def refuse_stale_inputs(ctx: StageContext, dataset: Artifact, base: Artifact, tokenizer: Artifact,
+                        ckpt_dir: Path) -> None:
+    """Stop (exit 5: a new pod, not a failure) if an input was published again since training read it.
+
+    A re-run starts every stage at once: a relocation still publishing this run's dataset or base model
+    when training first looked left training on the previous run's. Its adapter would never be the one the
+    evaluation waits for; the next pod trains on what is current instead."""
+    a = ctx.args
+    used = {"dataset": dataset, "base_model": base, "base_tokenizer": tokenizer}
+    now = published_digests({"dataset": a.datasets, "base_model": a.base_model, "base_tokenizer": a.base_tokenizer})
+    moved = [used[key].manifest.kind for key in used if now is not None and now[key] != used[key].manifest.digest]
+    if moved:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # progress on inputs that are no longer current: never resumed
+        raise Interrupted(f"the {' and '.join(moved)} was published again while training read the previous one (a "
+                          "re-run's relocation finished after training started); nothing was published, the next "
+                          "pod trains on the current inputs")
 
 
 def write_samples(ctx: StageContext, writer: Any, model: Any, tokenizer: Any, dataset: Artifact, runtime: Runtime,
