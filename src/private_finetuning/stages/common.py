@@ -172,13 +172,14 @@ def published_digests(volumes: dict[str, Path]) -> dict[str, str] | None:
     return digests
 
 
-def wait_for_adapter(config: PipelineConfig, fine_tuned: Path,
-                     volumes: dict[str, Path]) -> tuple[Artifact, dict[str, Artifact]]:
+def wait_for_adapter(config: PipelineConfig, fine_tuned: Path, volumes: dict[str, Path],
+                     verified: dict[str, Artifact] | None = None) -> tuple[Artifact, dict[str, Artifact]]:
     """The adapter trained on the inputs published now, under the current settings, and those inputs (verified).
 
     ``volumes`` holds the volume of each of ``TRAINING_INPUTS``. The inputs are looked at again at every
     poll: a re-run starts every stage at once, so a relocation may publish this run's dataset or base model
-    after this stage first looked, and the adapter to wait for is the one trained on what is current."""
+    after this stage first looked, and the adapter to wait for is the one trained on what is current. An
+    input in ``verified`` that is still the published one is not hashed again (a base model is 500 MiB)."""
     def expected() -> str | None:
         digests = published_digests(volumes)
         return None if digests is None else adapter_fingerprint(config, digests)
@@ -187,11 +188,20 @@ def wait_for_adapter(config: PipelineConfig, fine_tuned: Path,
         adapter = wait_for_output(config, fine_tuned, ADAPTER,
                                   accept=lambda m: m.source.get("fingerprint") == expected(),
                                   wanted="trained on the published inputs under the current settings")
-        inputs = {key: open_artifact(volumes[key], output.artifact, output.kind) for key, output in TRAINING_INPUTS}
+        inputs = {key: _still_or_open(volumes[key], output, (verified or {}).get(key))
+                  for key, output in TRAINING_INPUTS}
         if adapter_fingerprint(config, {k: a.manifest.digest for k, a in inputs.items()}) == \
                 adapter.manifest.source.get("fingerprint"):
             return adapter, inputs
         # An input was published again between the two looks: wait for the adapter trained on it.
+
+
+def _still_or_open(volume: Path, output: Output, verified: Artifact | None) -> Artifact:
+    """``verified`` if it is still the published version of ``output``, else the published one, verified."""
+    published = current_version(volume, output.artifact)
+    if verified is not None and published is not None and published.digest == verified.manifest.digest:
+        return verified
+    return open_artifact(volume, output.artifact, output.kind)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

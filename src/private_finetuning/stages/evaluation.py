@@ -74,8 +74,9 @@ def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
     inputs = {key: wait_for_output(cfg, volume, output) for key, volume, output in wanted}
     # The adapter trained on the inputs published now, under these settings (never one a previous run left
     # published), and the very versions of the inputs it was trained on.
-    adapter, trained_on = wait_for_adapter(cfg, a.fine_tuned, {"dataset": a.datasets, "base_model": a.base_model,
-                                                               "base_tokenizer": a.base_tokenizer})
+    adapter, trained_on = wait_for_adapter(
+        cfg, a.fine_tuned, {"dataset": a.datasets, "base_model": a.base_model, "base_tokenizer": a.base_tokenizer},
+        verified={"dataset": inputs["dataset"], "base_model": inputs["base"], "base_tokenizer": inputs["tokenizer"]})
     inputs.update(adapter=adapter, dataset=trained_on["dataset"], base=trained_on["base_model"],
                   tokenizer=trained_on["base_tokenizer"])
     return inputs

@@ -21,9 +21,6 @@ from typing import Any
 
 from private_finetuning import promotion
 from private_finetuning.artifacts import (
-    BASE_MODEL,
-    BASE_TOKENIZER,
-    DATASET,
     EVALUATION,
     EXPORT,
     Artifact,
@@ -38,6 +35,7 @@ from private_finetuning.export import gguf_file, model_card, ollama
 from private_finetuning.generation import answer_questions
 from private_finetuning.progress import format_duration
 from private_finetuning.stages.common import (
+    TRAINING_INPUTS,
     StageContext,
     already_published,
     fingerprint,
@@ -67,10 +65,10 @@ def wait_for_promotion(ctx: StageContext) -> tuple[dict[str, Artifact], promotio
     seconds beside it. The promoted version is verified on return (``promotion.adapter_of``)."""
     a, wait = ctx.args, ctx.config.artifacts
     volume = a.fine_tuned
-    for output, where in ((DATASET, a.datasets), (BASE_MODEL, a.base_model), (BASE_TOKENIZER, a.base_tokenizer)):
-        wait_for_output(ctx.config, where, output)  # each missing input times out naming itself
-    found, trained_on = wait_for_adapter(ctx.config, volume, {"dataset": a.datasets, "base_model": a.base_model,
-                                                              "base_tokenizer": a.base_tokenizer})
+    volumes = {"dataset": a.datasets, "base_model": a.base_model, "base_tokenizer": a.base_tokenizer}
+    # Each missing input times out naming itself; what is verified here is not hashed again below.
+    verified = {key: wait_for_output(ctx.config, volumes[key], output) for key, output in TRAINING_INPUTS}
+    found, trained_on = wait_for_adapter(ctx.config, volume, volumes, verified)
     adapter = found.manifest
     inputs = {"dataset": trained_on["dataset"], "base": trained_on["base_model"],
               "tokenizer": trained_on["base_tokenizer"]}
