@@ -159,8 +159,29 @@ class DatasetSource:
 
 
 @dataclass
+class AugmentationConfig:
+    """Variants of each train-split question, made by rules (src/private_finetuning/data/augment.py):
+    a fact seen in several phrasings is recalled from new ones; one phrasing is not. The eval split is
+    never augmented. Training counts epochs per fact, showing one of a fact's phrasings in each."""
+
+    # Kinds of variant made for each single-question record: wrapper, keywords, imperative, reorder,
+    # statement ([]: none, the data is trained as given).
+    kinds: list[str] = field(default_factory=lambda: ["wrapper", "keywords", "imperative", "reorder", "statement"])
+
+    def check(self, where: str) -> None:
+        from private_finetuning.data.augment import KINDS
+
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown:
+            raise ConfigError(f"{where}.kinds: unknown kind {unknown[0]!r}; expected some of {', '.join(KINDS)}")
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ConfigError(f"{where}.kinds: a kind is named twice")
+
+
+@dataclass
 class DatasetConfig:
     source: DatasetSource = field(default_factory=DatasetSource)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     # Share of records held out for evaluation when the input does not say which split a record is in.
     eval_fraction: float = 0.1
     # Longest accepted message content, in characters; longer rows are an error, not truncated.

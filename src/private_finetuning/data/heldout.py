@@ -13,7 +13,9 @@ def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
     """``samples`` records of an eval split (0: all) that end on a user question and its answer,
     taken evenly across the split so every fact type is represented."""
     records = jsonl.read_records(path)
-    usable = [r for r in records if len(r["messages"]) >= 2 and r["messages"][-2]["role"] == "user"]
+    # A variant (data/augment.py) is not a question of the data: only records as the user wrote them are asked.
+    usable = [r for r in records if len(r["messages"]) >= 2 and r["messages"][-2]["role"] == "user"
+              and "variant" not in r.get("meta", {})]
     if not usable:
         raise InputDataError(str(path), "no usable rows: the eval split needs records with a user question "
                              "followed by the assistant's answer")

@@ -1,8 +1,9 @@
 """dataset-relocation-server: publishes the training data as normalized chat JSONL (train + eval splits).
 
 Records that say which split they belong to keep it (the embedded AcmeHotels data holds out
-phrasings, not random rows); the others are split at random with the configured seed. Any bad row
-stops the stage with file, line and field, and nothing is published.
+phrasings, not random rows); the others are split at random with the configured seed. The train
+split then gets its question variants (``dataset.augmentation``, data/augment.py); the eval split
+never does. Any bad row stops the stage with file, line and field, and nothing is published.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from private_finetuning.artifacts import DATASET, sha256_file
 from private_finetuning.config import DatasetConfig
-from private_finetuning.data import acmehotels
+from private_finetuning.data import acmehotels, augment
 from private_finetuning.data.formats import detect_format, read_records
 from private_finetuning.errors import InputDataError
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage
@@ -69,6 +70,10 @@ def _run(ctx: StageContext) -> None:
         records = read_records(path, fmt, src.encoding, cfg.max_chars, src.csv_template, cfg.max_file_bytes)
         ctx.log.info("read %d records from %s (%s)", len(records), path, fmt)
         splits = split_records(records, cfg, str(path))
+        facts = len(splits["train"])
+        splits["train"], made = augment.augment(splits["train"], cfg.augmentation.kinds)
+        ctx.log.info("augmentation: %d train records, %d variants made (%s); the eval split is left as it is",
+                     facts, sum(made.values()), ", ".join(f"{k} {made[k]}" for k in cfg.augmentation.kinds) or "off")
         for split, rows in splits.items():
             with (folder / SPLIT_FILES[split]).open("w", encoding="utf-8") as fh:
                 for row in rows:
@@ -76,11 +81,13 @@ def _run(ctx: StageContext) -> None:
                                         sort_keys=True) + "\n")
         counts = {split: len(rows) for split, rows in splits.items()}
         ctx.log.info("splits: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-        return name, source, {"format": "chat-jsonl", "splits": counts, "files": SPLIT_FILES}
+        return name, source, {"format": "chat-jsonl", "splits": counts, "files": SPLIT_FILES,
+                              "augmentation": {"kinds": list(cfg.augmentation.kinds), "train_facts": facts,
+                                               "variants": dict(made)}}
 
     relocate(ctx, volume=ctx.args.output, artifact=ARTIFACT, kind=KIND,
              fp=fingerprint(KIND, source, cfg.eval_fraction, cfg.max_chars, cfg.seed,
-                            src.csv_template, src.encoding), write=write)
+                            src.csv_template, src.encoding, cfg.augmentation.kinds), write=write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

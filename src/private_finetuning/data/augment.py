@@ -1,0 +1,143 @@
+"""More ways of asking for each trained fact: question variants and the reply as a statement.
+
+A fact trained under one phrasing is recalled under that phrasing and rarely under another (Allen-Zhu
+& Li, *Physics of Language Models 3.1*: out-of-distribution QA ~10% with one phrasing per fact, ~96%
+with several). Users' datasets mostly have one question per fact, so the dataset stage adds, to the
+**train split only**, variants made by rules of English syntax that know nothing of any one domain:
+
+- ``wrapper``: the question inside a conversational frame ("Quick question: ...");
+- ``keywords``: the question cut to its content words, as people type in a search box;
+- ``imperative``: a wh-question turned into a request ("What is X?" -> "Tell me X.");
+- ``reorder``: a trailing name moved to the front ("What is the SLA in Lokar?" -> "Lokar: what is the SLA?");
+- ``statement``: the reply itself, to be completed from its words before the fact ("Complete: The
+  Lokar office connects through the VPN host ..."), so the fact is also learnt as a statement, cued
+  by the reply's own vocabulary rather than the question's.
+
+Every variant keeps the record's reply; a variant whose prompt states the record's ``answer`` (it
+would teach copying, not recall), repeats the question, or repeats another variant is not emitted.
+Variants are a pure function of the record: the same file gives the same variants on every run.
+Each carries ``meta.variant`` (its kind) and ``meta.fact_id`` (the index of the record it came from,
+also set on the original), which training uses to count epochs per fact, not per variant.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from private_finetuning.facts import fact_match, fact_spans, normalize
+
+# Closed-class English words (articles, auxiliaries, pronouns, prepositions, wh-words): what a keyword
+# query leaves out. Words that carry the question's meaning ("many", "much", "far", "long") stay.
+_FUNCTION_WORDS = """
+a an the this that these those is are was were be been being am do does did have has had can could will would
+shall should may might must i me my we our you your it its they their he she his her what which who whom whose
+where when why how of for in on at to from by with about into onto as than then there here please tell
+and or but if so some any one
+"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+
+WRAPPERS = ("Quick question: {q}", "{q} Please answer briefly.", "I need to know this. {q}",
+            "Can you help me? {q}", "Please tell me: {q}", "{q} Thanks!")
+_WH = re.compile(r"^(what|which)(?:'s|\s+(?:is|are|was|were))\s+(?P<rest>.+?)[\s?.!]*$", re.IGNORECASE)
+_TRAILING_NAME = re.compile(
+    r"^(?P<head>\S.*?\S)\s+(?:of|for|in|at|from|about)\s+(?P<name>(?:[A-Z0-9][\w'’.-]*\s?)+?)[\s?.!]*$")
+MIN_STATEMENT_WORDS = 3  # words of the reply before the fact, so the cue says which fact it is
+
+
+def _first_lower(text: str) -> str:
+    """Lower-case the first letter unless the first word is a name or an acronym (``Lokar``, ``VPN``)."""
+    word = text.split(" ", 1)[0]
+    return text[:1].lower() + text[1:] if word.lower() in FUNCTION_WORDS else text
+
+
+def _strip_end(text: str) -> str:
+    return text.strip().rstrip("?.! ").strip()
+
+
+def wrapper(question: str, reply: str, answer: str | None) -> str | None:
+    return WRAPPERS[zlib.crc32(question.encode()) % len(WRAPPERS)].format(q=question.strip())
+
+
+def keywords(question: str, reply: str, answer: str | None) -> str | None:
+    found = [w.rstrip(".") for w in re.findall(r"[\w'’.-]+", question) if w.strip(".")]
+    words = [w for i, w in enumerate(found) if w.lower() not in FUNCTION_WORDS
+             # "how" stays before a word that gives it its meaning: "how many", "how far", "how quickly"
+             or (w.lower() == "how" and i + 1 < len(found) and found[i + 1].lower() not in FUNCTION_WORDS)]
+    return " ".join(words) + "?" if len(words) >= 2 else None
+
+
+def imperative(question: str, reply: str, answer: str | None) -> str | None:
+    match = _WH.match(question.strip())
+    return f"Tell me {match['rest']}." if match else None
+
+
+def reorder(question: str, reply: str, answer: str | None) -> str | None:
+    match = _TRAILING_NAME.match(question.strip())
+    if not match or match["head"].split(" ", 1)[0].lower() not in FUNCTION_WORDS:
+        return None  # only a question that starts with a function word reads well with its end moved first
+    return f"{match['name'].strip()}: {_first_lower(match['head'])}?"
+
+
+def statement(question: str, reply: str, answer: str | None) -> str | None:
+    spans = fact_spans(reply, answer) if answer else []
+    if not spans:
+        return None
+    cue = reply[:spans[0][0]].strip()
+    if len(cue.split()) < MIN_STATEMENT_WORDS:
+        return None
+    return f"Complete: {cue} ..."
+
+
+@dataclass(frozen=True)
+class Kind:
+    make: Callable[[str, str, str | None], str | None]
+    help: str
+
+
+# The extension point: a kind of variant is one function and one row; the config's choices come from here.
+KINDS: dict[str, Kind] = {
+    "wrapper": Kind(wrapper, "the question inside a conversational frame"),
+    "keywords": Kind(keywords, "the question's content words only"),
+    "imperative": Kind(imperative, "a what/which question as a request (Tell me ...)"),
+    "reorder": Kind(reorder, "a trailing name moved to the front"),
+    "statement": Kind(statement, "the reply to complete from its words before the fact (needs `answer`)"),
+}
+
+
+def variants(record: dict[str, Any], kinds: list[str]) -> list[tuple[str, str]]:
+    """(kind, prompt) for each variant of a single-question record, in ``kinds`` order."""
+    messages = record["messages"]
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(turns) != 2 or turns[0]["role"] != "user" or turns[1]["role"] != "assistant":
+        return []  # multi-turn conversations and plain text are trained as they are
+    question, reply = turns[0]["content"], turns[1]["content"]
+    answer = record.get("meta", {}).get("answer")
+    seen = {normalize(question)}
+    out = []
+    for kind in kinds:
+        prompt = KINDS[kind].make(question, reply, answer)
+        if not prompt or normalize(prompt) in seen or (answer is not None and fact_match(prompt, answer)):
+            continue
+        seen.add(normalize(prompt))
+        out.append((kind, prompt))
+    return out
+
+
+def augment(train: list[dict[str, Any]], kinds: list[str]) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """The train split with every record's variants after it, and how many of each kind were made."""
+    out: list[dict[str, Any]] = []
+    made: Counter[str] = Counter()
+    for fact_id, record in enumerate(train):
+        meta = {**record.get("meta", {}), "fact_id": fact_id}
+        out.append({**record, "meta": meta})
+        system = [m for m in record["messages"] if m["role"] == "system"]
+        for kind, prompt in variants(record, kinds):
+            messages = [*system, {"role": "user", "content": prompt}, dict(record["messages"][-1])]
+            out.append({**record, "messages": messages, "meta": {**meta, "variant": kind}})
+            made[kind] += 1
+    return out, made
