@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 import datasets as domains  # noqa: E402  (bench/datasets.py)
 
-# Training as it was in 0.1.0: 3 epochs whatever the data size.
-BEFORE = {"epochs": 3, "min_steps": 0, "time_budget_s": None, "learning_rate": 2e-3, "fact_loss_weight": 1,
-          "lora": {"r": 16, "alpha": 32, "layer_share": 1.0}, "warmup_steps": 10, "batch_size": 8}
+# The defaults before question variants, LoRA+, loss-prioritised sampling and early stopping (0.4):
+# the baseline every other configuration is compared with, in the same run.
+BEFORE = {"dataset": {"augmentation": {"kinds": []}},
+          "training": {"loraplus_lr_ratio": 1.0, "sampling": "uniform", "early_stop_loss": None}}
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,8 +39,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--volumes", type=Path, default=REPO / ".pft" / "volumes",
                    help="where base-model and base-tokenizer are published (relocated here if missing)")
     p.add_argument("--datasets", nargs="+", default=["acmehotels", "helpdesk", "products"])
-    p.add_argument("--variant", action="append", default=[], help="name=JSON of training keys")
-    p.add_argument("--no-before", action="store_true", help="skip the 0.1.0 baseline")
+    p.add_argument("--variant", action="append", default=[],
+                   help='name=JSON: {"training": {...}, "dataset": {...}} overrides (a bare object: training keys)')
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per configuration (1234, 1235, ...)")
+    p.add_argument("--no-before", action="store_true", help="skip the previous defaults (the baseline)")
     p.add_argument("--no-defaults", action="store_true", help="skip today's defaults")
     p.add_argument("--out", type=Path, default=Path("quality.json"))
     return p.parse_args()
@@ -82,10 +85,11 @@ def ensure_base(volumes: Path, scratch: Path) -> tuple[Path, Path]:
     return model, tokenizer
 
 
-def run_one(name: str, training: dict, base: tuple[Path, Path], folder: Path) -> dict:
+def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder: Path) -> dict:
     folder.mkdir(parents=True)
+    training = {**variant.get("training", {}), "sample_generations": 0, "seed": seed}
     config = write_yaml(folder / "pipeline.yaml", {
-        "dataset": dataset_source(name, folder), "training": {**training, "sample_generations": 0},
+        "dataset": {**dataset_source(name, folder), **variant.get("dataset", {})}, "training": training,
         "evaluation": {"samples": 0, "trained_samples": 96, "include_reference": False,
                        "side_by_side": 0}})
     stage("dataset_relocation", config, output=folder / "datasets")
@@ -103,31 +107,52 @@ def run_one(name: str, training: dict, base: tuple[Path, Path], folder: Path) ->
             "base_trained": m["base"]["trained"]["fact_accuracy"], "kl": report["forgetting"]["kl"],
             "ppl_increase": report["forgetting"]["general_perplexity_increase"],
             "steps": adapter["metadata"]["steps"], "train_s": adapter["metadata"]["train_seconds"],
-            "stage_s": round(wall, 1), "by_fact": m["fine_tuned"]["fact_accuracy_by_fact"],
+            "stage_s": round(wall, 1), "by_fact": m["fine_tuned"]["fact_accuracy_by_fact"], "seed": seed,
             "gates_passed": all(g["passed"] for g in report["gates"])}
+
+
+def overrides(text: str) -> tuple[str, dict]:
+    name, _, body = text.partition("=")
+    data = json.loads(body)
+    return name, data if {"training", "dataset"} & set(data) else {"training": data}
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """One line per dataset and configuration: the mean over seeds, and the lowest and highest."""
+    def cell(values: list[float], fmt: str) -> str:
+        mean = sum(values) / len(values)
+        return format(mean, fmt) if len(values) < 2 else f"{mean:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+    lines = ["| dataset | configuration | seeds | trained exact | held-out | lowest kind held-out | KL | general ppl "
+             "| steps | train s | gates |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((r["dataset"], r["variant"]) for r in rows):
+        group = [r for r in rows if (r["dataset"], r["variant"]) == key]
+        worst = [min(r["by_fact"].values()) for r in group if r["by_fact"]]
+        lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {cell([r['trained'] for r in group], '.1%')} "
+                     f"| {cell([r['held_out'] for r in group], '.1%')} | {cell(worst, '.1%') if worst else 'n/a'} "
+                     f"| {cell([r['kl'] for r in group], '.2f')} | {cell([r['ppl_increase'] for r in group], '+.0%')} "
+                     f"| {cell([r['steps'] for r in group], '.0f')} | {cell([r['train_s'] for r in group], '.0f')} "
+                     f"| {sum(r['gates_passed'] for r in group)}/{len(group)} pass |")
+    return lines
 
 
 def main() -> None:
     args = parse_args()
-    variants = ([] if args.no_before else [("before", BEFORE)]) + ([] if args.no_defaults else [("defaults", {})])
-    variants += [(v.split("=", 1)[0], json.loads(v.split("=", 1)[1])) for v in args.variant]
+    variants = ([] if args.no_before else [("previous", BEFORE)]) + ([] if args.no_defaults else [("defaults", {})])
+    variants += [overrides(v) for v in args.variant]
     rows = []
     with tempfile.TemporaryDirectory(prefix="pft-quality-") as tmp:
         scratch = Path(tmp)
         base = ensure_base(args.volumes, scratch)
         for dataset in args.datasets:
-            for label, training in variants:
-                print(f"{dataset} / {label} ...", flush=True)
-                row = {"variant": label, **run_one(dataset, training, base, scratch / f"{dataset}-{label}")}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| dataset | variant | trained exact | held-out | base held-out | KL | ppl | steps | train s | gates |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['dataset']} | {r['variant']} | {r['trained']:.1%} | {r['held_out']:.1%} | {r['base_held_out']:.1%}"
-              f" | {r['kl']:.2f} | {r['ppl_increase']:+.0%} | {r['steps']} | {r['train_s']:.0f}"
-              f" | {'pass' if r['gates_passed'] else 'FAIL'} |")
+            for seed in range(1234, 1234 + args.seeds):
+                for label, variant in variants:
+                    print(f"{dataset} / {label} / seed {seed} ...", flush=True)
+                    folder = scratch / f"{dataset}-{label}-{seed}"
+                    rows.append({"variant": label, **run_one(dataset, variant, seed, base, folder)})
+                    print(json.dumps(rows[-1]), flush=True)
+                    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n" + "\n".join(summary(rows)))
 
 
 if __name__ == "__main__":

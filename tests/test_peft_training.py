@@ -434,7 +434,7 @@ def test_the_run_says_its_schedule_and_a_time_budget_cuts_it(volumes: dict[str, 
     assert train(volumes["fine-tuned-model"].parent, volumes, {"batch_size": 8, "min_steps": 40, "time_budget_s": 0.001,
                                                                "sample_generations": 0, "projector_tokens": 0}) == 0
     err = capsys.readouterr().err
-    assert "schedule: 16 records, 8 per step: 2 steps per epoch; 3 epochs would be 6 steps, raised to " \
+    assert "schedule: 16 facts, 8 per step: 2 steps per epoch; 3 epochs would be 6 steps, raised to " \
            "training.min_steps = 40 (20.0 epochs)" in err
     assert "cut to 6 steps (was 40) to end within training.time_budget_s = 0:00" in err
     adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")

@@ -59,22 +59,60 @@ def collate_weights(examples: list[Encoded]) -> Any:
     return weights
 
 
-def summed_loss(model: Any, batch: dict[str, Any], weights: Any, normaliser: Any, **forward: Any) -> Any:
+def summed_loss(model: Any, batch: dict[str, Any], weights: Any, normaliser: Any, row_losses: list[float] | None = None,
+                **forward: Any) -> Any:
     """The causal-LM loss of ``batch`` summed over its target tokens and divided by ``normaliser``.
 
     Without ``weights`` it is the model's own loss; with them, each target token's cross-entropy is
     multiplied by its weight first (and ``normaliser`` is the weighted target count of the step).
+    With ``row_losses``, each row's weighted mean token loss is appended to it (what loss-prioritised
+    sampling and early stopping read), at no extra forward.
     """
     import torch
 
-    if weights is None:
+    if weights is None and row_losses is None:
         return model(**batch, num_items_in_batch=normaliser, **forward).loss
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **forward)
     logits = out.logits[:, :-1].float()
-    token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                   batch["labels"][:, 1:].reshape(-1),
-                                                   ignore_index=IGNORE_INDEX, reduction="none")
-    return (token_loss * weights[:, 1:].reshape(-1).to(token_loss.device)).sum() / normaliser
+    labels = batch["labels"][:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                   ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+    weight = (torch.ones(labels.shape) if weights is None else weights[:, 1:]).to(token_loss.device)
+    weighted = token_loss * weight
+    if row_losses is not None:
+        counted = (weight * (labels != IGNORE_INDEX)).sum(dim=1).clamp(min=1e-9)
+        row_losses.extend((weighted.detach().sum(dim=1) / counted).tolist())
+    return weighted.sum() / normaliser
+
+
+def fact_groups(fact_ids: list[int]) -> list[list[int]]:
+    """Indices of the examples of each fact (a record and its variants, data/augment.py), in data order."""
+    groups: dict[int, list[int]] = {}
+    for index, fact in enumerate(fact_ids):
+        groups.setdefault(fact, []).append(index)
+    return list(groups.values())
+
+
+def epoch_batches(lengths: list[int], groups: list[list[int]], batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool, priorities: list[float] | None = None) -> list[list[int]]:
+    """Example indices of each batch of one epoch, which counts facts, not variants: every fact once, in
+    one of its phrasings, turning with the epoch so that each phrasing comes round in turn.
+
+    With ``priorities`` (one per fact: its last loss), the epoch draws as many facts as there are, with
+    replacement, each with a chance proportional to its loss (Mindermann et al. 2022, simplified): steps
+    go to what is not learnt yet. Deterministic in (seed, epoch, priorities), so a resume replays it."""
+    facts = list(range(len(groups)))
+    if priorities is not None:
+        floor = 0.05 * max(max(priorities), 1e-6)
+        facts = sorted(random.Random(seed * 7_919 + epoch).choices(
+            facts, weights=[max(p, floor) for p in priorities], k=len(groups)))
+    seen: dict[int, int] = {}
+    picks = []
+    for f in facts:
+        seen[f] = seen.get(f, -1) + 1  # a fact drawn twice in an epoch comes in two phrasings
+        picks.append(groups[f][(epoch + f + seen[f]) % len(groups[f])])
+    order = batch_order([lengths[i] for i in picks], batch_size, seed, epoch, group_by_length)
+    return [[picks[k] for k in batch] for batch in order]
 
 
 def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:

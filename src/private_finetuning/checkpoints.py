@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,10 @@ class Progress:
     last_loss: float | None = None
     total_steps: int = 0  # the schedule's total (after the time budget), kept for a resumed pod
     train_seconds: float = 0.0  # spent by earlier pods of this run, counted against the time budget
+    # Each fact's last training loss (None: not seen yet), and a copy as it was when the epoch began:
+    # loss-prioritised sampling drew the epoch from that copy, so a resumed pod draws the same epoch.
+    fact_losses: list[float | None] = field(default_factory=list)
+    epoch_priorities: list[float] | None = None
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -11,7 +11,7 @@ single fact; 20,000 records x 3 epochs does not fit a CPU's afternoon. So:
    loading models on the same cores) is not taken for the speed of the whole run; changes under
    10% are ignored, so that noise does not move the learning-rate schedule back and forth.
 
-The plan is said in the log before training ("80 records -> 150 steps...") and the total is kept
+The plan is said in the log before training ("80 facts -> 150 steps...") and the total is kept
 in the checkpoint, so a resumed pod finishes the same schedule.
 """
 
@@ -38,10 +38,10 @@ class Plan:
         self.planned_steps = self.planned_steps or self.total_steps
 
 
-def plan(cfg: TrainingConfig, records: int, steps_per_epoch: int) -> Plan:
+def plan(cfg: TrainingConfig, facts: int, steps_per_epoch: int) -> Plan:
     """The planned total before training starts, and why, in words for the log."""
     batch = cfg.batch_size * cfg.gradient_accumulation_steps
-    head = f"{records} records, {batch} per step: {steps_per_epoch} steps per epoch"
+    head = f"{facts} facts, {batch} per step: {steps_per_epoch} steps per epoch"
     if cfg.max_steps:
         return Plan(cfg.max_steps, f"{head}; training.max_steps = {cfg.max_steps} steps", False)
     by_epochs = cfg.epochs * steps_per_epoch

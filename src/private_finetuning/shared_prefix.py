@@ -44,7 +44,8 @@ def split(examples: list[Encoded]) -> int | None:
     return p
 
 
-def loss(model: Any, examples: list[Encoded], prefix: int, pad_id: int, device: str, targets: Any) -> tuple[Any, int]:
+def loss(model: Any, examples: list[Encoded], prefix: int, pad_id: int, device: str, targets: Any,
+         row_losses: list[float] | None = None) -> tuple[Any, int]:
     """The summed token loss of the batch over ``targets``, and its token count, via the shared prefix."""
     import torch
 
@@ -59,4 +60,4 @@ def loss(model: Any, examples: list[Encoded], prefix: int, pad_id: int, device: 
     tokens = int(batch["attention_mask"].sum()) + prefix * len(examples)
     batch["attention_mask"] = torch.cat([torch.ones((len(examples), prefix), dtype=batch["attention_mask"].dtype,
                                                     device=device), batch["attention_mask"]], dim=1)
-    return summed_loss(model, batch, collate_weights(tails), targets, cache=cache), tokens
+    return summed_loss(model, batch, collate_weights(tails), targets, row_losses, cache=cache), tokens

@@ -182,9 +182,18 @@ def score_model(ctx: StageContext, kind: str, inputs: dict[str, Artifact], sets:
     ctx.log.info("%s: fact accuracy %s held-out, %s trained; token F1 %.3f, answer perplexity %.2f, %.2fs per answer",
                  kind, _pct(metrics["fact_accuracy"]), _pct(trained), metrics["token_f1"],
                  metrics["answer_perplexity"], metrics["latency_s_per_answer"])
+    if metrics["fact_accuracy_by_fact"]:
+        ctx.log.info("%s: held-out fact accuracy by kind of fact: %s (standard error of the whole %s on %d questions)",
+                     kind, ", ".join(f"{k} {_pct(v)}" for k, v in metrics["fact_accuracy_by_fact"].items()),
+                     _stderr(metrics["fact_accuracy"], len(questions)), len(questions))
     del model
     gc.collect()
     return metrics, all_answers, log_probs
+
+
+def _stderr(accuracy: float | None, n: int) -> str:
+    """The binomial standard error of an accuracy measured on ``n`` questions, in points."""
+    return "n/a" if accuracy is None or n < 2 else f"±{100 * (accuracy * (1 - accuracy) / n) ** 0.5:.1f} points"
 
 
 def _pct(value: float | None) -> str:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from private_finetuning import checkpoints, shared_prefix
+from private_finetuning import checkpoints, forgetting, shared_prefix
 from private_finetuning.artifacts import (
     ADAPTER,
     BASE_MODEL,
@@ -29,7 +29,14 @@ from private_finetuning.artifacts import (
     Artifact,
     ArtifactWriter,
 )
-from private_finetuning.batching import batch_order, collate, collate_weights, padding_fraction, summed_loss
+from private_finetuning.batching import (
+    collate,
+    collate_weights,
+    epoch_batches,
+    fact_groups,
+    padding_fraction,
+    summed_loss,
+)
 from private_finetuning.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.config import TrainingConfig
 from private_finetuning.data import jsonl
@@ -120,12 +127,14 @@ def check_tokenizer_matches(tokenizer: Any, model: Any, tokenizer_artifact: Arti
             f"{base.manifest.name!r} from {base.path}); publish the tokenizer of the same model")
 
 
-def encode_split(ctx: StageContext, tokenizer: Any, dataset: Artifact, split: str) -> list[Encoded]:
+def encode_split(ctx: StageContext, tokenizer: Any, dataset: Artifact, split: str) -> tuple[list[Encoded], list[int]]:
+    """The split's examples, and for each the fact it states (a record and its variants share one)."""
     cfg = ctx.config.training
     path = dataset.file(f"{split}.jsonl")
-    examples, dropped = [], 0
+    examples, facts, dropped = [], [], 0
     for line_no, line in jsonl.read_lines(path):
         record = json.loads(line)
+        fact_id = record.get("meta", {}).get("fact_id", -line_no)
         encoded = encode_for_training(tokenizer, with_system(record["messages"], ctx.config.prompting.system_prompt),
                                       record.get("meta", {}).get("answer"), cfg.fact_loss_weight)
         if len(encoded.input_ids) > cfg.max_seq_len:
@@ -135,11 +144,12 @@ def encode_split(ctx: StageContext, tokenizer: Any, dataset: Artifact, split: st
             raise InputDataError(str(path), f"is {len(encoded.input_ids)} tokens long with the chat template, over "
                                  "training.max_seq_len; raise it or set training.overlong: drop", line_no)
         examples.append(encoded)
+        facts.append(fact_id)
     if dropped:
         ctx.log.warning("%s: left out %d examples longer than %d tokens", split, dropped, cfg.max_seq_len)
     if not examples:
         raise InputDataError(str(path), f"no usable {split} examples")
-    return examples
+    return examples, facts
 
 
 def lr_lambda(cfg: TrainingConfig, total_steps: Callable[[], int]) -> Any:
@@ -157,7 +167,7 @@ def lr_lambda(cfg: TrainingConfig, total_steps: Callable[[], int]) -> Any:
 
 
 def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, targets: float,
-               share_prefix: bool) -> tuple[Any, int]:
+               share_prefix: bool, row_losses: list[float] | None = None) -> tuple[Any, int]:
     """Summed token loss of one micro-batch divided by the targets of the whole optimizer step.
 
     With ``share_prefix``, a prefix every example shares (the system prompt) is computed once for the
@@ -168,9 +178,10 @@ def batch_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: in
     prefix = shared_prefix.split(examples) if share_prefix else None
     with runtime.autocast():
         if prefix is not None:
-            return shared_prefix.loss(model, examples, prefix, pad_id, runtime.device, count)
+            return shared_prefix.loss(model, examples, prefix, pad_id, runtime.device, count, row_losses)
         batch = {k: v.to(runtime.device) for k, v in collate(examples, pad_id).items()}
-        return summed_loss(model, batch, collate_weights(examples), count), int(batch["attention_mask"].sum())
+        return (summed_loss(model, batch, collate_weights(examples), count, row_losses),
+                int(batch["attention_mask"].sum()))
 
 
 def evaluate_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id: int, batch_size: int) -> float:
@@ -180,6 +191,35 @@ def evaluate_loss(model: Any, runtime: Runtime, examples: list[Encoded], pad_id:
         total, count = answer_nll(model, examples, pad_id, runtime.device, batch_size)
     model.train()
     return total / count
+
+
+def parameter_groups(model: Any, cfg: TrainingConfig) -> list[dict[str, Any]]:
+    """The trainable parameters, LoRA's B matrices at ``loraplus_lr_ratio`` times the learning rate (LoRA+)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    b = [p for n, p in named if "lora_B" in n]
+    rest = [p for n, p in named if "lora_B" not in n]
+    if cfg.loraplus_lr_ratio == 1 or not b:
+        return [{"params": b + rest}]
+    return [{"params": rest}, {"params": b, "lr": cfg.learning_rate * cfg.loraplus_lr_ratio}]
+
+
+def epoch_priorities(cfg: TrainingConfig, state: checkpoints.Progress) -> list[float] | None:
+    """Each fact's chance in the next epoch under ``sampling: loss`` (its last loss; an unseen fact gets
+    the highest), or None to show every fact once."""
+    seen = [loss for loss in state.fact_losses if loss is not None]
+    if cfg.sampling != "loss" or not seen:
+        return None
+    top = max(seen)
+    return [top if loss is None else loss for loss in state.fact_losses]
+
+
+def learnt(cfg: TrainingConfig, state: checkpoints.Progress) -> bool:
+    """True when, after at least two epochs, nine facts in ten have a loss under ``early_stop_loss``."""
+    losses = state.fact_losses
+    if cfg.early_stop_loss is None or state.epoch < 2 or not losses or any(loss is None for loss in losses):
+        return False
+    under = sum(loss < cfg.early_stop_loss for loss in losses if loss is not None)
+    return under >= 0.9 * len(losses)
 
 
 def optimizer_steps(batches: list[list[int]], accum: int, dist: Distributed) -> list[list[list[int]]]:
@@ -212,9 +252,12 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     model = load_published_model(base.path)
     check_tokenizer_matches(tokenizer, model, tok_artifact, base)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_set = encode_split(ctx, tokenizer, dataset, "train")
-    eval_set = encode_split(ctx, tokenizer, dataset, "eval")
+    train_set, fact_ids = encode_split(ctx, tokenizer, dataset, "train")
+    eval_set, _ = encode_split(ctx, tokenizer, dataset, "eval")
     lengths = [len(e.input_ids) for e in train_set]
+    groups = fact_groups(fact_ids)
+    log.info("%d facts in the train split, %d with variants (%d examples in all): an epoch shows each fact once",
+             len(groups), sum(len(g) > 1 for g in groups), len(train_set))
     log.info("encoded %d train / %d eval examples; %d train tokens per epoch (mean %.0f, max %d), %.0f%% of them "
              "trained on (the assistant's)", len(train_set), len(eval_set), sum(lengths), sum(lengths) / len(lengths),
              max(lengths), 100 * sum(e.target_tokens for e in train_set) / sum(lengths))
@@ -228,12 +271,15 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
              trainable / 1e6, total_params / 1e6, cfg.fact_loss_weight,
              sum(e.weights is not None for e in train_set), len(train_set))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                   fused=runtime.device == "cuda")
     accum = cfg.gradient_accumulation_steps
-    steps_per_epoch = len(optimizer_steps(batch_order(lengths, cfg.batch_size, cfg.seed, 0, cfg.group_by_length),
-                                          accum, dist))
-    schedule = plan(cfg, len(train_set), steps_per_epoch)
+
+    def epoch_order(epoch: int, priorities: list[float] | None) -> list[list[int]]:
+        return epoch_batches(lengths, groups, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length, priorities)
+
+    steps_per_epoch = len(optimizer_steps(epoch_order(0, None), accum, dist))
+    schedule = plan(cfg, len(groups), steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: schedule.total_steps))
     forward = dist.wrap(model, runtime.device)
     forward = torch.compile(forward) if cfg.compile else forward
@@ -248,6 +294,14 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
         log.info("resuming from the checkpoint at step %d of %d (epoch %d)", state.step, schedule.total_steps,
                  state.epoch + 1)
     state = state or checkpoints.Progress()
+    if len(state.fact_losses) != len(groups):
+        state.fact_losses = [None] * len(groups)
+    fact_of = {i: f for f, group in enumerate(groups) for i in group}
+    anchors = forgetting.anchor_examples(tokenizer, ctx.config.prompting.system_prompt) if cfg.kl_weight else []
+    if anchors and dist.world_size > 1:
+        log.warning("training.kl_weight is not applied with %d processes: the base-model pass would desynchronise "
+                    "the ranks' gradients; it applies on one process", dist.world_size)
+        anchors = []
     log.info("schedule: %s", schedule.explanation)
     total_steps = schedule.total_steps
     tb_dir = run_dir(out, run_id)
@@ -265,24 +319,36 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     steps_at_start = state.step
     Termination.deferred = True  # a SIGTERM now saves a checkpoint at the end of the step (below)
     while state.step < total_steps:
-        epoch_batches = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+        if state.step_in_epoch == 0:
+            state.epoch_priorities = epoch_priorities(cfg, state) if dist.world_size == 1 else None
+        this_epoch = epoch_order(state.epoch, state.epoch_priorities)
         if state.step_in_epoch == 0 and dist.is_main:
-            log.info("epoch %d: %d batches, %.1f%% padding", state.epoch + 1, len(epoch_batches),
-                     100 * padding_fraction(epoch_batches, lengths))
-        for micro_batches in optimizer_steps(epoch_batches, accum, dist)[state.step_in_epoch:]:
+            log.info("epoch %d: %d batches, %.1f%% padding%s", state.epoch + 1, len(this_epoch),
+                     100 * padding_fraction(this_epoch, lengths),
+                     ", facts drawn by their loss" if state.epoch_priorities else "")
+        for micro_batches in optimizer_steps(this_epoch, accum, dist)[state.step_in_epoch:]:
             step_start = time.monotonic()
             # The loss is normalised by the target tokens of the whole step, on every rank together.
             targets = sum(train_set[i].target_weight for b in micro_batches for i in b)
             step_loss, step_tokens = 0.0, 0
             for indices in dist.share(micro_batches):
+                rows: list[float] = []
                 loss, tokens = batch_loss(forward, runtime, [train_set[i] for i in indices], pad_id, targets,
-                                          share_prefix)
+                                          share_prefix, rows)
+                for i, row_loss in zip(indices, rows, strict=True):
+                    state.fact_losses[fact_of[i]] = row_loss
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"the training loss became {loss.item()} at step {state.step + 1}; "
                                            f"lower training.learning_rate (now {cfg.learning_rate})")
                 (loss * dist.world_size).backward()  # DDP averages gradients over ranks; this makes it a sum
                 step_loss += loss.detach().item()
                 step_tokens += tokens
+            if anchors:
+                with runtime.autocast():
+                    anchor_kl = forgetting.kl_to_base(model, forgetting.anchor_batch(anchors, state.step), pad_id,
+                                                      runtime.device)
+                (cfg.kl_weight * anchor_kl).backward()
+                writer.add_scalar("train/anchor_kl", anchor_kl.item(), state.step + 1)
             step_loss, step_tokens = dist.sum(step_loss), int(dist.sum(step_tokens))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
@@ -335,6 +401,11 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
         else:
             state.epoch += 1
             state.step_in_epoch = 0
+            if cfg.early_stop_loss and dist.sum(float(learnt(cfg, state))) == dist.world_size:
+                log.info("schedule: every fact learnt after %d epochs (nine in ten under training.early_stop_loss "
+                         "= %g nats): stopping at step %d of %d", state.epoch, cfg.early_stop_loss, state.step,
+                         total_steps)
+                break
     if state.step > steps_at_start and dist.is_main:
         # What follows (eval loss, samples, publishing) is not resumable: a SIGTERM from here on stops at once,
         # and the next pod starts from this last step instead of repeating the steps since the last checkpoint.
@@ -361,7 +432,8 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     writer.close()
 
     status.update(phase="publishing", detail=str(out / ARTIFACT))
-    metrics = {"steps": state.step, "epochs": state.epoch + (1 if state.step_in_epoch else 0),
+    metrics = {"steps": state.step, "epochs": state.epoch + (1 if state.step_in_epoch else 0), "facts": len(groups),
+               "planned_steps": total_steps, "loraplus_lr_ratio": cfg.loraplus_lr_ratio, "sampling": cfg.sampling,
                "final_train_loss": state.last_loss, "eval_loss": eval_loss, "train_seconds": round(elapsed, 1),
                "tokens_per_s": round(tokens_this_run / max(elapsed, 1e-9), 1), "tokens_seen": state.tokens_seen,
                "trainable_parameters": trainable, "device": runtime.description, "projector_tokens": projected,
