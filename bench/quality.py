@@ -97,8 +97,10 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
     stage("peft_training", config, datasets=folder / "datasets", base_model=base[0], base_tokenizer=base[1],
           output=folder / "fine-tuned", status_port=Path("0"))
     wall = time.monotonic() - start
+    start = time.monotonic()
     stage("evaluation", config, datasets=folder / "datasets", base_model=base[0], base_tokenizer=base[1],
           reference_model=folder / "unused", fine_tuned=folder / "fine-tuned")
+    eval_wall = time.monotonic() - start
     report = json.loads((folder / "fine-tuned" / "evaluation" / "current" / "report.json").read_text())
     adapter = json.loads((folder / "fine-tuned" / "adapter" / "current" / "manifest.json").read_text())
     m = report["metrics"]
@@ -108,6 +110,7 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
             "ppl_increase": report["forgetting"]["general_perplexity_increase"],
             "steps": adapter["metadata"]["steps"], "train_s": adapter["metadata"]["train_seconds"],
             "stage_s": round(wall, 1), "by_fact": m["fine_tuned"]["fact_accuracy_by_fact"], "seed": seed,
+            "eval_s": round(eval_wall, 1), "planned_steps": adapter["metadata"].get("planned_steps"),
             "gates_passed": all(g["passed"] for g in report["gates"])}
 
 

@@ -72,12 +72,16 @@ def summed_loss(model: Any, batch: dict[str, Any], weights: Any, normaliser: Any
 
     if weights is None and row_losses is None:
         return model(**batch, num_items_in_batch=normaliser, **forward).loss
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **forward)
-    logits = out.logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    # The LM head (a vocabulary-wide matrix product) only at the positions that predict a target token of
+    # some row: the model's own forward, so architecture-specific logit handling (soft-capping) still applies.
+    columns = (batch["labels"][:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=columns,
+                **forward)
+    logits = out.logits.float()
+    labels = batch["labels"][:, 1:][:, columns]
     token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                    ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-    weight = (torch.ones(labels.shape) if weights is None else weights[:, 1:]).to(token_loss.device)
+    weight = (torch.ones(labels.shape) if weights is None else weights[:, 1:][:, columns.cpu()]).to(token_loss.device)
     weighted = token_loss * weight
     if row_losses is not None:
         counted = (weight * (labels != IGNORE_INDEX)).sum(dim=1).clamp(min=1e-9)
