@@ -79,7 +79,38 @@ def products(seed: int = 11, count: int = 24) -> list[dict]:
     return records
 
 
-DATASETS: dict[str, Callable[[], list[dict]]] = {"helpdesk": helpdesk, "products": products}
+def clinic(seed: int = 13, wards: int = 18) -> list[dict]:
+    """A hospital's ward sheet, in OpenAI chat shape: attending physician, phone extension, beds, visiting hour.
+
+    Questions name the ward by a code ("ward 7B"); answers are surnames, four-digit extensions, small bed
+    counts and clock hours, so a number must stand alone to count ("2" is not in "12 beds")."""
+    rng = random.Random(seed)
+    codes: set[str] = set()
+    while len(codes) < wards:
+        codes.add(f"{rng.randint(1, 9)}{rng.choice('ABCDEFG')}")
+    records = []
+    for ward in sorted(codes):
+        doctor, ext = f"Dr. {_name(rng)}", rng.randint(2000, 7999)
+        beds, hour = rng.randint(6, 40), rng.choice([10, 11, 14, 15, 16, 17, 18])
+        facts = [
+            ("physician", doctor, f"Who is the attending physician on ward {ward}?", f"Which doctor is in charge of "
+             f"ward {ward}?", f"The attending physician on ward {ward} is {doctor}."),
+            ("extension", ext, f"What is the phone extension of ward {ward}?", f"Which number do I dial to reach "
+             f"ward {ward} by phone?", f"Ward {ward} answers on extension {ext}."),
+            ("beds", beds, f"How many beds does ward {ward} have?", f"What is the bed capacity of ward {ward}?",
+             f"Ward {ward} has {beds} beds."),
+            ("visiting_hour", hour, f"At what hour do visits start on ward {ward}?", f"When can relatives begin "
+             f"visiting patients on ward {ward}?", f"Visits on ward {ward} start at {hour}:00."),
+        ]
+        for fact, value, train_q, eval_q, reply in facts:
+            for question, split in ((train_q, "train"), (eval_q, "eval")):
+                records.append({"messages": [{"role": "user", "content": question},
+                                             {"role": "assistant", "content": reply}],
+                                "answer": str(value), "fact": fact, "split": split})
+    return records
+
+
+DATASETS: dict[str, Callable[[], list[dict]]] = {"helpdesk": helpdesk, "products": products, "clinic": clinic}
 
 
 def write(name: str, path: Path) -> Path:

@@ -1,16 +1,19 @@
 """Does the fine-tuned model know the facts? Training + evaluation on several datasets, per configuration.
 
     .venv/bin/python bench/quality.py                        # after `make pipeline` (reuses its base model)
-    .venv/bin/python bench/quality.py --datasets helpdesk --variant 'lr4e-3={"learning_rate": 4e-3}'
+    .venv/bin/python bench/quality.py --datasets helpdesk --seeds 1 --variant 'lp16={"loraplus_lr_ratio": 16}'
+    .venv/bin/python bench/quality.py --datasets clinic --variant 'given={"dataset": {"augmentation": {"kinds": []}}}'
 
 For each dataset (AcmeHotels `small`, and the other-domain sets of bench/datasets.py: one phrasing
-per fact in training, a paraphrase held out) and each configuration (``before``: the 0.1.0 training
-defaults, written out; ``defaults``: today's; plus any ``--variant name=JSON`` of training keys), it
-runs the real stages as processes (dataset relocation, training, evaluation without the reference
-model) and reports, in one table: fact accuracy on trained questions (exact fact stated) and on
-held-out paraphrases, the base model's, forgetting (KL and general-text perplexity increase), and
-training time, and whether the evaluation's gates passed (a failed gate is a result here, not an
-error). Results also go to ``--out`` as JSON.
+per fact in training, a paraphrase held out), each training seed (``--seeds``, 3 by default) and
+each configuration (``previous``: the defaults before question variants, LoRA+, prioritised
+sampling and early stopping, written out; ``defaults``: today's; plus any ``--variant name=JSON`` of
+``training``/``dataset`` overrides), it runs the real stages as processes (dataset relocation,
+training, evaluation without the reference model) and reports, in one table, the mean over seeds
+with the lowest and highest: fact accuracy on trained questions (exact fact stated) and on held-out
+paraphrases, the lowest kind of fact, forgetting (KL and general-text perplexity increase), steps
+and training time, and how many runs passed the evaluation's gates (a failed gate is a result
+here, not an error). Every run also goes to ``--out`` as JSON, with its accuracy by kind of fact.
 """
 
 from __future__ import annotations

@@ -59,13 +59,17 @@ def answer_questions(model: Any, tokenizer: Any, questions: list[dict], *, syste
     asked with the system prompt, in batches; also the number of tokens generated.
     ``on_batch(done, total)`` is called after each batch, for progress logs."""
     prompts = [encode_prompt(tokenizer, with_system(q["messages"][:-1], system_prompt)) for q in questions]
-    answers: list[str] = []
+    # Batches of prompts of similar length: less padding to compute; answers are put back in question order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
     generated = 0
-    for i in range(0, len(prompts), batch_size):
-        for text, n in generate(model, tokenizer, prompts[i:i + batch_size], max_new_tokens=max_new_tokens,
-                                eos_token_ids=eos_token_ids, device=device):
-            answers.append(text)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        for i, (text, n) in zip(rows, generate(model, tokenizer, [prompts[i] for i in rows],
+                                               max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids,
+                                               device=device), strict=True):
+            answers[i] = text
             generated += n
         if on_batch is not None:
-            on_batch(len(answers), len(prompts))
+            on_batch(min(start + batch_size, len(order)), len(prompts))
     return answers, generated
