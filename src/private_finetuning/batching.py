@@ -97,10 +97,19 @@ def fact_groups(fact_ids: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
+def phrasing(forms: int, turn: int) -> int:
+    """Which of a fact's ``forms`` (0: the record as written, then its variants) to show at ``turn``: the
+    record as written every other turn, each variant in turn between, so the data as the user wrote it
+    stays what is learnt most while the variants teach other ways of asking."""
+    if forms == 1 or turn % 2 == 0:
+        return 0
+    return 1 + (turn // 2) % (forms - 1)
+
+
 def epoch_batches(lengths: list[int], groups: list[list[int]], batch_size: int, seed: int, epoch: int,
                   group_by_length: bool, priorities: list[float] | None = None) -> list[list[int]]:
     """Example indices of each batch of one epoch, which counts facts, not variants: every fact once, in
-    one of its phrasings, turning with the epoch so that each phrasing comes round in turn.
+    one of its phrasings, turning with the epoch (:func:`phrasing`).
 
     With ``priorities`` (one per fact: its last loss), the epoch draws as many facts as there are, with
     replacement, each with a chance proportional to its loss (Mindermann et al. 2022, simplified): steps
@@ -114,7 +123,7 @@ def epoch_batches(lengths: list[int], groups: list[list[int]], batch_size: int, 
     picks = []
     for f in facts:
         seen[f] = seen.get(f, -1) + 1  # a fact drawn twice in an epoch comes in two phrasings
-        picks.append(groups[f][(epoch + f + seen[f]) % len(groups[f])])
+        picks.append(groups[f][phrasing(len(groups[f]), epoch + f + seen[f])])
     order = batch_order([lengths[i] for i in picks], batch_size, seed, epoch, group_by_length)
     return [[picks[k] for k in batch] for batch in order]
 
