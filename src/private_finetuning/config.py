@@ -314,8 +314,9 @@ class EvaluationGates:
     min_fact_accuracy: float | None = None
     # Mean KL(base || fine-tuned) on the general prompts: how far general behaviour may drift.
     max_forgetting_kl: float | None = 1.5
-    # Allowed relative rise of the perplexity on general text, e.g. 0.25 for +25%.
-    max_general_perplexity_increase: float | None = 2.0
+    # Allowed relative rise of the perplexity on general text, e.g. 0.25 for +25%. 1.5 stops the previous
+    # defaults' +163% on a one-phrasing dataset; the defaults gave +38% to +139% (docs/evaluation.md).
+    max_general_perplexity_increase: float | None = 1.5
 
 
 @dataclass
