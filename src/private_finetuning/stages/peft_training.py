@@ -218,7 +218,7 @@ def learnt(cfg: TrainingConfig, state: checkpoints.Progress) -> bool:
     losses = state.fact_losses
     if cfg.early_stop_loss is None or state.epoch < 2 or not losses or any(loss is None for loss in losses):
         return False
-    under = sum(loss < cfg.early_stop_loss for loss in losses if loss is not None)
+    under = sum(loss < cfg.early_stop_loss for loss in losses)
     return under >= 0.9 * len(losses)
 
 
