@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from private_finetuning.data.record import Record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,25 +38,28 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def baseline(args: argparse.Namespace, questions: list[dict]) -> float:
+def baseline(args: argparse.Namespace, questions: list[Record]) -> float:
     import torch
 
-    from private_finetuning.artifacts import open_artifact
-    from private_finetuning.chat import encode_prompt, with_system
+    from private_finetuning.artifacts.store import open_artifact
     from private_finetuning.config import PipelineConfig
-    from private_finetuning.stages.evaluation import load
+    from private_finetuning.data.chat import encode_prompt, with_system
+    from private_finetuning.evaluation.judge import Judge
 
     v = args.volumes
     inputs = {"base": open_artifact(v / "base-model", "model", "base-model"),
               "tokenizer": open_artifact(v / "base-tokenizer", "tokenizer", "base-tokenizer"),
               "adapter": open_artifact(v / "fine-tuned-model", "adapter", "lora-adapter"),
               "reference": open_artifact(v / "reference-model", "model", "reference-model")}
-    system = PipelineConfig().prompting.system_prompt
+    inputs["dataset"] = open_artifact(v / "datasets", "dataset", "dataset")
+    config = PipelineConfig()
+    system = config.prompting.system_prompt
+    judge = Judge(config, inputs, "cpu", logging.getLogger("bench"))
     start = time.perf_counter()
     for kind in ("base", "fine_tuned", "reference"):
-        model, tokenizer, eos = load(kind, inputs, "cpu")
+        model, tokenizer, eos = judge.load(kind)
         for q in questions:
-            ids = torch.tensor([encode_prompt(tokenizer, with_system(q["messages"][:-1], system))])
+            ids = torch.tensor([encode_prompt(tokenizer, with_system(q.messages[:-1], system))])
             with torch.inference_mode():
                 model.generate(input_ids=ids, max_new_tokens=args.baseline_new_tokens, do_sample=False,
                                eos_token_id=eos, pad_token_id=eos[0])

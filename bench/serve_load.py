@@ -61,8 +61,8 @@ def baseline(args: argparse.Namespace, asked: list[str]) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from private_finetuning.chat import encode_prompt, with_system
     from private_finetuning.config import load_config
+    from private_finetuning.data.chat import encode_prompt, with_system
 
     v = args.volumes
     system = load_config(args.config).prompting.system_prompt
@@ -135,10 +135,10 @@ def reference_answers(args: argparse.Namespace, asked: list[str]) -> list[str]:
     """transformers' greedy answers of the merged fp32 model, one prompt at a time (no padding)."""
     from transformers import AutoTokenizer
 
-    from private_finetuning.chat import encode_prompt, with_system
     from private_finetuning.config import load_config
-    from private_finetuning.generation import generate
-    from private_finetuning.hf_io import load_published_model
+    from private_finetuning.data.chat import encode_prompt, with_system
+    from private_finetuning.models.generation import generate
+    from private_finetuning.models.loading import load_published_model
 
     v = args.volumes
     system = load_config(args.config).prompting.system_prompt

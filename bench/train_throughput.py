@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_examples(args: argparse.Namespace):
     from transformers import AutoTokenizer
 
-    from private_finetuning.chat import Encoded, encode_for_training, with_system
     from private_finetuning.config import PromptingConfig
+    from private_finetuning.data.chat import Encoded, encode_for_training, with_system
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     system = PromptingConfig().system_prompt
@@ -74,7 +74,7 @@ def load_model(args: argparse.Namespace, device: str):
     from transformers import AutoModelForCausalLM
 
     from private_finetuning.config import LoraSettings
-    from private_finetuning.lora import apply_lora
+    from private_finetuning.training.lora import apply_lora
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -85,16 +85,17 @@ def load_model(args: argparse.Namespace, device: str):
 def run_variant(args: argparse.Namespace) -> dict:
     import torch
 
-    from private_finetuning.batching import batch_order, collate
-    from private_finetuning.runtime import select_runtime
-    from private_finetuning.stages.peft_training import batch_loss
+    from private_finetuning.models.device import select_device
+    from private_finetuning.models.scoring import collate
+    from private_finetuning.training.batching import batch_order
+    from private_finetuning.training.recipe import batch_loss
 
-    runtime = select_runtime("auto" if args.variant == "stage" else "fp32")
+    device = select_device("auto" if args.variant == "stage" else "fp32")
     tok, examples = load_examples(args)
-    model, frozen, config = load_model(args, runtime.device)
+    model, frozen, config = load_model(args, device.name)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=runtime.device == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.name == "cuda")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     lengths = [len(e.input_ids) for e in examples]
 
@@ -104,7 +105,7 @@ def run_variant(args: argparse.Namespace) -> dict:
 
         def step(indices: list[int]) -> int:
             chosen = [examples[i] for i in indices]
-            loss, tokens = batch_loss(forward, runtime, chosen, pad, sum(e.target_tokens for e in chosen),
+            loss, tokens = batch_loss(forward, device, chosen, pad, sum(e.target_tokens for e in chosen),
                                       share_prefix=not args.compile)
             loss.backward()
             return tokens
@@ -121,33 +122,33 @@ def run_variant(args: argparse.Namespace) -> dict:
             for r, row in enumerate(rows):
                 ids[r, :len(row)] = torch.tensor(row)
                 mask[r, :len(row)] = 1
-            ids, mask = ids.to(runtime.device), mask.to(runtime.device)
+            ids, mask = ids.to(device.name), mask.to(device.name)
             out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
             out.loss.backward()
             return int(mask.sum())
 
     del collate  # the stage's collate runs inside batch_loss; imported to show the path is the stage's
-    if runtime.device == "cuda":
+    if device.name == "cuda":
         torch.cuda.reset_peak_memory_stats()
     tokens, elapsed = 0, 0.0
     for n in range(args.warmup + args.steps):
         indices = batches[n % len(batches)]
-        if runtime.device == "cuda":
+        if device.name == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         counted = step(indices)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if runtime.device == "cuda":
+        if device.name == "cuda":
             torch.cuda.synchronize()
         if n >= args.warmup:
             elapsed += time.perf_counter() - start
             tokens += counted
-    peak = (torch.cuda.max_memory_allocated() if runtime.device == "cuda"
+    peak = (torch.cuda.max_memory_allocated() if device.name == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result = {"variant": args.variant, "runtime": runtime.description, "tokens_per_s": tokens / elapsed,
+    result = {"variant": args.variant, "device": device.description, "tokens_per_s": tokens / elapsed,
               "peak_memory_gib": peak / 2**30, "seq_len": seq_len, "steps": args.steps}
-    if args.peak_tflops and runtime.device == "cuda":
+    if args.peak_tflops and device.name == "cuda":
         flops_per_token = 4 * frozen + 12 * config.num_hidden_layers * seq_len * config.hidden_size
         result["mfu"] = result["tokens_per_s"] * flops_per_token / (args.peak_tflops * 1e12)
     return result
@@ -166,10 +167,10 @@ def main() -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{'variant':<9} {'runtime':<28} {'seq':>5} {'tokens/s':>10} {'peak mem':>10}  mfu")
+    print(f"{'variant':<9} {'device':<28} {'seq':>5} {'tokens/s':>10} {'peak mem':>10}  mfu")
     for r in results.values():
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
-        print(f"{r['variant']:<9} {r['runtime']:<28} {r['seq_len']:>5} {r['tokens_per_s']:>10.0f} "
+        print(f"{r['variant']:<9} {r['device']:<28} {r['seq_len']:>5} {r['tokens_per_s']:>10.0f} "
               f"{r['peak_memory_gib']:>8.2f}GiB  {mfu}")
     speedup = results["stage"]["tokens_per_s"] / results["baseline"]["tokens_per_s"]
     print(f"speed-up of the stage over the baseline: {speedup:.2f}x (target >= 1.5x)")

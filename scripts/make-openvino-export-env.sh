@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the OpenVINO export tool environment (src/private_finetuning/openvino_ir.py):
+# Builds the OpenVINO export tool environment (src/private_finetuning/models/openvino_ir.py):
 #   scripts/make-openvino-export-env.sh PYTHON DEST
 # PYTHON is the interpreter that has the private-fine-tuning package; DEST (by default
 # <its prefix>/tools/openvino-export, where the package looks) gets a venv that sees PYTHON's

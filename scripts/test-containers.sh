@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test-containers`: build the ten images and run the whole pipeline from them with
-# `pft run --engine docker` on a 4-CPU / 8 GiB node (tests/test_containers.py).
+# `pft run --engine docker` on a 4-CPU / 8 GiB node (tests/pipeline/test_containers.py).
 #
 # Uses the Docker engine that answers `docker info`; otherwise, as root, installs Debian's docker.io
 # if needed, starts dockerd itself and stops it at the end. The images are built against a package
@@ -66,4 +66,4 @@ echo "images built in $((SECONDS - start)) s"
 kill "$mirror_pid" 2>/dev/null || true
 mirror_pid=""
 
-PFT_CONTAINER_TESTS=1 "$python" -m pytest -p no:cacheprovider -m containers tests/test_containers.py "$@"
+PFT_CONTAINER_TESTS=1 "$python" -m pytest -p no:cacheprovider -m containers tests/pipeline/test_containers.py "$@"

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from private_finetuning.config import load_config
+from private_finetuning.deploy.local_runner.runtimes import RUNTIMES
 from private_finetuning.errors import PipelineError
 
 
@@ -22,8 +23,8 @@ def _repo_root() -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from private_finetuning.local_runner import run_pipeline
-    from private_finetuning.local_runner.scheduling import Node
+    from private_finetuning.deploy.local_runner import run_pipeline
+    from private_finetuning.deploy.local_runner.scheduling import Node
 
     repo = _repo_root()
     overlay = args.overlay or repo / "k8s" / "overlays" / "cpu"
@@ -36,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_kubeflow(args: argparse.Namespace) -> int:
-    from private_finetuning.kubeflow import compile_pipeline
+    from private_finetuning.deploy.kubeflow import compile_pipeline
 
     overlay = args.overlay or _repo_root() / "k8s" / "overlays" / "cpu"
     print(compile_pipeline(overlay.resolve(), args.output))
@@ -44,8 +45,8 @@ def _cmd_kubeflow(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from private_finetuning import promotion
-    from private_finetuning.artifacts import ADAPTER, Artifact, open_artifact, verify
+    from private_finetuning.artifacts import promotion
+    from private_finetuning.artifacts.store import ADAPTER, Artifact, open_artifact, verify
 
     volume = args.fine_tuned
     if args.version:
@@ -62,7 +63,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from private_finetuning import promotion
+    from private_finetuning.artifacts import promotion
 
     done = promotion.rollback(args.fine_tuned, by="pft rollback")
     print(f"promoted adapter {done.adapter_digest[:12]} (version {done.adapter_version}) again: {done.reason}")
@@ -70,7 +71,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_promotions(args: argparse.Namespace) -> int:
-    from private_finetuning import promotion
+    from private_finetuning.artifacts import promotion
 
     now = promotion.current(args.fine_tuned)
     for item in promotion.history(args.fine_tuned):
@@ -94,9 +95,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pft", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from private_finetuning.config import json_schema_text, reference_markdown
+
+    sys.stdout.write(reference_markdown() if args.markdown else json_schema_text())
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the pipeline on this machine, from the rendered k8s manifests")
     run.add_argument("--overlay", type=Path, help="kustomize overlay to render (default: k8s/overlays/cpu)")
     run.add_argument("--state-dir", type=Path, default=Path(".pft"),
@@ -108,15 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "question and stop (smoke, the default), or stop at once (exit)")
     run.add_argument("--ask", default="What is the best hotel in Seville?", metavar="QUESTION",
                      help="the question POSTed to /prompt once the server is ready")
-    run.add_argument("--engine", choices=["process", "docker"], default="process",
-                     help="run each pod as a local process (default) or as a container from its image, with "
-                          "its securityContext, limits and volumes enforced (needs the images: "
-                          "scripts/build-images.sh)")
+    run.add_argument("--engine", choices=list(RUNTIMES), default="process",
+                     help="how each pod runs (default: process): " + "; ".join(f"{name}: {choice.help}"
+                                                                             for name, choice in RUNTIMES.items()))
     run.add_argument("--node-cpus", metavar="CPUS", help="the node's allocatable CPU, e.g. 4 or 3500m "
                      "(default: this machine's cores); a pod starts only when its requests fit")
     run.add_argument("--node-memory", metavar="QUANTITY", help="the node's allocatable memory, e.g. 8Gi "
                      "(default: this machine's)")
     run.set_defaults(func=_cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
     kubeflow = sub.add_parser("kubeflow-compile", help="compile the Jobs of an overlay into a Kubeflow Pipelines "
                                                      "v2 pipeline YAML (needs the 'kubeflow' extra)")
     kubeflow.add_argument("output", type=Path)
@@ -135,13 +146,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     promotions = sub.add_parser("promotions", help="list the promotions recorded on the volume, newest first")
     promotions.add_argument("--fine-tuned", type=Path, default=Path(".pft/volumes/fine-tuned-model"), help=volume_help)
     promotions.set_defaults(func=_cmd_promotions)
+    schema = sub.add_parser("config-schema", help="print the JSON Schema of pipeline.yaml (editors complete and "
+                                                  "check the file with it), or with --markdown its reference")
+    schema.add_argument("--markdown", action="store_true", help="the key reference docs/configuration.md holds")
+    schema.set_defaults(func=_cmd_config_schema)
     validate = sub.add_parser("validate-config", help="check a pipeline YAML and name any bad key")
     validate.add_argument("config", type=Path)
     validate.set_defaults(func=_cmd_validate)
     generate = sub.add_parser("generate-dataset", help="regenerate the embedded AcmeHotels files")
     generate.add_argument("out", type=Path)
     generate.set_defaults(func=_cmd_generate)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s",
                         datefmt="%H:%M:%S")
     try:

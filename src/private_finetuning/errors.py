@@ -11,6 +11,9 @@ replacement pod is started without counting against ``backoffLimit``.
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
@@ -77,3 +80,23 @@ class Interrupted(PipelineError):
     """SIGTERM reached the stage: it stopped cleanly (a checkpoint saved, nothing partial published)."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class Termination:
+    """SIGTERM, as Kubernetes sends it before SIGKILL (eviction, drain, deletion).
+
+    By default it raises :class:`Interrupted` wherever the stage is: unwinding removes staging
+    folders, so nothing partial is published. A stage with progress to keep (training) defers it
+    instead and checks ``requested`` at its safe points, then saves and raises itself.
+    """
+
+    deferred = False
+    requested = False
+
+    @classmethod
+    def handle(cls, signum: int, _frame: FrameType | None) -> None:
+        if cls.deferred:
+            cls.requested = True  # acted on at the next safe point; nothing else is safe in a handler
+            return
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} before finishing; nothing partial was "
+                          "published")

@@ -27,9 +27,9 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from private_finetuning.facts import fact_match, fact_spans, normalize
+from private_finetuning.data.facts import fact_match, fact_spans, normalize
+from private_finetuning.data.record import Record
 
 # Closed-class English words (articles, auxiliaries, pronouns, prepositions, wh-words): what a keyword
 # query leaves out. Words that carry the question's meaning ("many", "much", "far", "long") stay.
@@ -109,14 +109,13 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def variants(record: dict[str, Any], kinds: list[str]) -> list[tuple[str, str]]:
+def variants(record: Record, kinds: list[str]) -> list[tuple[str, str]]:
     """(kind, prompt) for each variant of a single-question record, in ``kinds`` order."""
-    messages = record["messages"]
-    turns = [m for m in messages if m["role"] != "system"]
+    turns = [m for m in record.messages if m["role"] != "system"]
     if len(turns) != 2 or turns[0]["role"] != "user" or turns[1]["role"] != "assistant":
         return []  # multi-turn conversations and plain text are trained as they are
     question, reply = turns[0]["content"], turns[1]["content"]
-    answer = record.get("meta", {}).get("answer")
+    answer = record.answer
     seen = {normalize(question)}
     out = []
     for kind in kinds:
@@ -128,16 +127,16 @@ def variants(record: dict[str, Any], kinds: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def augment(train: list[dict[str, Any]], kinds: list[str]) -> tuple[list[dict[str, Any]], Counter[str]]:
+def augment(train: list[Record], kinds: list[str]) -> tuple[list[Record], Counter[str]]:
     """The train split with every record's variants after it, and how many of each kind were made."""
-    out: list[dict[str, Any]] = []
+    out: list[Record] = []
     made: Counter[str] = Counter()
     for fact_id, record in enumerate(train):
-        meta = {**record.get("meta", {}), "fact_id": fact_id}
-        out.append({**record, "meta": meta})
-        system = [m for m in record["messages"] if m["role"] == "system"]
+        meta = {**record.meta, "fact_id": fact_id}
+        out.append(record.replace(meta=meta))
+        system = [m for m in record.messages if m["role"] == "system"]
         for kind, prompt in variants(record, kinds):
-            messages = [*system, {"role": "user", "content": prompt}, dict(record["messages"][-1])]
-            out.append({**record, "messages": messages, "meta": {**meta, "variant": kind}})
+            messages = [*system, {"role": "user", "content": prompt}, dict(record.messages[-1])]
+            out.append(record.replace(messages=messages, meta={**meta, "variant": kind}))
             made[kind] += 1
     return out, made

@@ -1,7 +1,9 @@
 """Readers that turn a company's data files into normalized chat records, or say exactly what is wrong.
 
-A normalized record is ``{"messages": [{"role", "content"}, ...], "split": "train"|"eval"|None,
-"meta": {...}}``; the last message is the assistant's (what the model learns to say). Files:
+A normalized record is a :class:`~private_finetuning.data.record.Record`: chat messages, the split the
+file declared (or None) and ``meta``; the last message is the assistant's (what the model learns to say).
+One reader per format, in :data:`READERS` (the config's ``dataset.source.format`` choices, the extensions
+``auto`` recognises and the help derive from it):
 
 - CSV, with a row-to-text template from the config (``{column}`` format strings);
 - JSON Lines, a ``.json`` array of records, or a Parquet table, each record in one of the shapes
@@ -19,10 +21,12 @@ import csv
 import io
 import json
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from private_finetuning.config import CsvTemplate
+from private_finetuning.data.record import Record
 from private_finetuning.data.shapes import check_text, expected_answer, to_record
 from private_finetuning.errors import InputDataError
 
@@ -31,18 +35,11 @@ def detect_format(path: Path, declared: str) -> str:
     if declared != "auto":
         return declared
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".json":
-        return "json"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".txt", ".md", ".text"):
-        return "text"
+    for name, reader in READERS.items():
+        if suffix in reader.suffixes:
+            return name
     raise InputDataError(str(path), f"cannot tell the format from the extension {suffix!r}; set "
-                         "dataset.source.format to csv, jsonl or text")
+                         f"dataset.source.format to one of {', '.join(READERS)}")
 
 
 def _check_size(path: Path, max_bytes: int) -> None:
@@ -94,7 +91,7 @@ def stream_lines(path: Path, encoding: str, max_bytes: int) -> Iterator[tuple[in
 TOO_LONG_NUMBER = "malformed JSON: a number with more digits than can be read (over 4300)"
 
 
-def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[dict]:
+def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[Record]:
     for line_no, line in lines:
         if not line.strip():
             continue
@@ -109,7 +106,7 @@ def read_jsonl(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> 
         yield to_record(obj, path, line_no, max_chars)
 
 
-def read_json(path: Path, encoding: str, max_chars: int, max_bytes: int) -> Iterator[dict]:
+def read_json(path: Path, encoding: str, max_chars: int, max_bytes: int) -> Iterator[Record]:
     """A ``.json`` file: a JSON array of records (the usual ``alpaca_data.json``), or JSON Lines."""
     text = decode(path, encoding, max_bytes)
     if not text.lstrip().startswith("["):
@@ -146,7 +143,7 @@ def _skip(text: str, position: int, also: str) -> int:
     return position
 
 
-def read_parquet(path: Path, max_chars: int, max_bytes: int) -> Iterator[dict]:
+def read_parquet(path: Path, max_chars: int, max_bytes: int) -> Iterator[Record]:
     """A Parquet table: one record per row, with columns named as in JSON (``messages``, ``instruction``...)."""
     import pyarrow.parquet as pq
     from pyarrow import ArrowException
@@ -167,7 +164,7 @@ def _template_fields(template: str) -> list[str]:
     return [field for _, field, _, _ in string.Formatter().parse(template) if field]
 
 
-def read_csv(path: Path, text: str, template: CsvTemplate, max_chars: int) -> Iterator[dict]:
+def read_csv(path: Path, text: str, template: CsvTemplate, max_chars: int) -> Iterator[Record]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -210,10 +207,10 @@ def read_csv(path: Path, text: str, template: CsvTemplate, max_chars: int) -> It
                                                                    max_chars)})
         extra = {k: fmt.format(**values) for k, fmt in labels.items() if fmt is not None}
         meta = expected_answer(extra, messages, path, line_no, max_chars)
-        yield {"messages": messages, "split": None, "meta": {**meta, "source_line": line_no}}
+        yield Record(messages=messages, meta={**meta, "source_line": line_no})
 
 
-def read_text(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[dict]:
+def read_text(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> Iterator[Record]:
     paragraph: list[str] = []
     start = 0
     for line_no, line in [*lines, (0, "")]:
@@ -223,27 +220,51 @@ def read_text(path: Path, lines: Iterator[tuple[int, str]], max_chars: int) -> I
             paragraph.append(line.strip())
         elif paragraph:
             content = check_text(" ".join(paragraph), path, start, "paragraph", max_chars)
-            yield {"messages": [{"role": "assistant", "content": content}], "split": None,
-                   "meta": {"source_line": start}}
+            yield Record(messages=[{"role": "assistant", "content": content}], meta={"source_line": start})
             paragraph = []
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """What every reader is given besides the path (dataset.source and dataset in the config)."""
+
+    encoding: str
+    max_chars: int
+    max_bytes: int
+    csv_template: CsvTemplate | None
+
+
+def _csv(path: Path, o: ReadOptions) -> Iterator[Record]:
+    if o.csv_template is None:
+        raise InputDataError(str(path), "CSV input needs dataset.source.csv_template")
+    return read_csv(path, decode(path, o.encoding, o.max_bytes), o.csv_template, o.max_chars)
+
+
+@dataclass(frozen=True)
+class Reader:
+    suffixes: tuple[str, ...]  # the extensions `format: auto` reads as this format
+    help: str
+    read: Callable[[Path, ReadOptions], Iterator[Record]]
+
+
+READERS: dict[str, Reader] = {
+    "csv": Reader((".csv",), "a table; each row becomes a conversation through dataset.source.csv_template", _csv),
+    "json": Reader((".json",), "a JSON array of records (alpaca_data.json), or JSON Lines",
+                   lambda p, o: read_json(p, o.encoding, o.max_chars, o.max_bytes)),
+    "jsonl": Reader((".jsonl", ".ndjson"), "one record per line, in any shape of docs/data.md",
+                    lambda p, o: read_jsonl(p, stream_lines(p, o.encoding, o.max_bytes), o.max_chars)),
+    "parquet": Reader((".parquet", ".pq"), "a Parquet table, columns named as the JSON shapes' fields",
+                      lambda p, o: read_parquet(p, o.max_chars, o.max_bytes)),
+    "text": Reader((".txt", ".md", ".text"), "paragraphs separated by blank lines, each learned as a reply",
+                   lambda p, o: read_text(p, stream_lines(p, o.encoding, o.max_bytes), o.max_chars)),
+}
+
+
 def read_records(path: Path, fmt: str, encoding: str, max_chars: int, csv_template: CsvTemplate | None = None,
-                 max_bytes: int = 1024**3) -> list[dict]:
+                 max_bytes: int = 1024**3) -> list[Record]:
     """All records of one input file, validated; raises InputDataError on the first problem."""
-    fmt = detect_format(path, fmt)
-    if fmt == "jsonl":
-        records = list(read_jsonl(path, stream_lines(path, encoding, max_bytes), max_chars))
-    elif fmt == "json":
-        records = list(read_json(path, encoding, max_chars, max_bytes))
-    elif fmt == "parquet":
-        records = list(read_parquet(path, max_chars, max_bytes))
-    elif fmt == "csv":
-        if csv_template is None:
-            raise InputDataError(str(path), "CSV input needs dataset.source.csv_template")
-        records = list(read_csv(path, decode(path, encoding, max_bytes), csv_template, max_chars))
-    else:
-        records = list(read_text(path, stream_lines(path, encoding, max_bytes), max_chars))
+    reader = READERS[detect_format(path, fmt)]
+    records = list(reader.read(path, ReadOptions(encoding, max_chars, max_bytes, csv_template)))
     if not records:
         raise InputDataError(str(path), "contains no records")
     return records

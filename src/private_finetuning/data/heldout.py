@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from private_finetuning.data import jsonl
+from private_finetuning.data.record import Record, read_split
 from private_finetuning.errors import InputDataError
 
 
-def pick_questions(path: Path, samples: int) -> list[dict[str, Any]]:
+def pick_questions(path: Path, samples: int) -> list[Record]:
     """``samples`` records of an eval split (0: all) that end on a user question and its answer,
     taken evenly across the split so every fact type is represented."""
-    records = jsonl.read_records(path)
     # A variant (data/augment.py) is not a question of the data: only records as the user wrote them are asked.
-    usable = [r for r in records if len(r["messages"]) >= 2 and r["messages"][-2]["role"] == "user"
-              and "variant" not in r.get("meta", {})]
+    usable = [r for r in read_split(path) if r.asks_question() and r.variant is None]
     if not usable:
         raise InputDataError(str(path), "no usable rows: the eval split needs records with a user question "
                              "followed by the assistant's answer")

@@ -7,10 +7,8 @@ would be cut in two. Every reader of a JSONL file splits at ``\\n`` alone, here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -21,6 +19,3 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every record of a JSONL file the pipeline wrote itself (a published dataset split)."""
-    return [json.loads(line) for _, line in read_lines(path)]

@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from private_finetuning.data.facts import fact_match
+from private_finetuning.data.record import Record
 from private_finetuning.errors import InputDataError
-from private_finetuning.facts import fact_match
 
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "eval")
@@ -145,7 +146,7 @@ def to_messages(obj: dict, path: Path, line: Line, max_chars: int) -> list[dict[
     return messages
 
 
-def to_record(obj: Any, path: Path, line: Line, max_chars: int) -> dict[str, Any]:
+def to_record(obj: Any, path: Path, line: Line, max_chars: int) -> Record:
     """A normalized record (messages, split, meta) from one parsed JSON object or table row."""
     if not isinstance(obj, dict):
         raise InputDataError(str(path), f"expected a JSON object, got {type(obj).__name__}", line)
@@ -157,7 +158,7 @@ def to_record(obj: Any, path: Path, line: Line, max_chars: int) -> dict[str, Any
         raise InputDataError(str(path), "must be an object", line, "meta")
     messages = to_messages(obj, path, line, max_chars)
     meta = {**meta, **expected_answer(obj, messages, path, line, max_chars), "source_line": line}
-    return {"messages": messages, "split": split, "meta": meta}
+    return Record(messages=messages, meta=meta, split=split)
 
 
 def expected_answer(obj: dict, messages: list[dict[str, str]], path: Path, line: Line,

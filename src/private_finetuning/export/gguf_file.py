@@ -14,11 +14,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from private_finetuning.errors import ExportError
+
+if TYPE_CHECKING:
+    from gguf import GGUFWriter
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ def _tensor_type(array: np.ndarray, kind: str) -> Any:
     return gguf.GGMLQuantizationType.F16
 
 
-def _add_tensors(writer: Any, state: dict[str, Any], config: dict[str, Any], kind: str) -> None:
+def _add_tensors(writer: GGUFWriter, state: dict[str, Any], config: dict[str, Any], kind: str) -> None:
     import gguf
 
     blocks = config["num_hidden_layers"]
@@ -81,7 +85,7 @@ def _add_tensors(writer: Any, state: dict[str, Any], config: dict[str, Any], kin
             writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
 
 
-def _add_hparams(writer: Any, config: dict[str, Any], name: str, kind: str) -> None:
+def _add_hparams(writer: GGUFWriter, config: dict[str, Any], name: str, kind: str) -> None:
     import gguf
 
     heads = config["num_attention_heads"]
@@ -103,7 +107,8 @@ def _add_hparams(writer: Any, config: dict[str, Any], name: str, kind: str) -> N
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _add_tokenizer(writer: Any, tokenizer_dir: Path, tokenizer: Any, vocab_size: int) -> None:
+def _add_tokenizer(writer: GGUFWriter, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase,
+                   vocab_size: int) -> None:
     """The byte-level BPE vocabulary (``tokenizer.ggml.model = gpt2``), padded to the embedding rows."""
     import gguf
 
@@ -149,8 +154,8 @@ def _pre_tokenizer_name(tokenizer_dir: Path) -> str:
     return "default"
 
 
-def write_gguf(path: Path, state: dict[str, Any], config: dict[str, Any], tokenizer_dir: Path, tokenizer: Any,
-               *, name: str, kind: str) -> None:
+def write_gguf(path: Path, state: dict[str, Any], config: dict[str, Any], tokenizer_dir: Path,
+               tokenizer: PreTrainedTokenizerBase, *, name: str, kind: str) -> None:
     """Write ``state`` (a merged HF state dict) as a GGUF file of type ``kind`` (f16 or q8_0)."""
     import gguf
 

@@ -8,7 +8,12 @@ data is written here (the evaluation report on the volume has the side-by-side a
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from private_finetuning.evaluation.metrics import METRICS
+
+if TYPE_CHECKING:
+    from private_finetuning.evaluation.report import EvaluationReport
 
 
 def _pct(value: float | None) -> str:
@@ -19,19 +24,19 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _evaluation_table(report: dict[str, Any]) -> list[str]:
-    rows = ["| model | fact accuracy | ROUGE-L | answer perplexity | general-text perplexity |",
-            "|---|---|---|---|---|"]
-    for kind, m in report.get("metrics", {}).items():
-        rows.append(f"| {kind.replace('_', '-')} | {_pct(m.get('fact_accuracy'))} | {_num(m.get('rouge_l'))} | "
-                    f"{_num(m.get('answer_perplexity'))} | {_num(m.get('general_perplexity'))} |")
-    forgetting = report.get("forgetting", {})
-    rows += ["", f"Forgetting on general text: KL {_num(forgetting.get('kl'), 3)} nats, perplexity "
-                 f"{_pct(forgetting.get('general_perplexity_increase'))} higher than the base model's."]
-    gates = report.get("gates") or []
-    rows.append("")
-    verdicts = [f"{g['gate']} {'passed' if g['passed'] else 'FAILED'} ({_num(g.get('value'), 3)} vs "
-                f"{g.get('threshold')})" for g in gates]
+def _evaluation_table(report: EvaluationReport | None) -> list[str]:
+    if report is None:
+        return ["No evaluation report is recorded for this adapter."]
+    columns = [m for m in METRICS if m.card]
+    rows = ["| model | " + " | ".join(m.label for m in columns) + " |", "|---|" + "---|" * len(columns)]
+    for kind, scores in report.metrics.items():
+        cells = [(_pct if m.percent else _num)(scores.value(m.name)) for m in columns]
+        rows.append(f"| {kind.replace('_', '-')} | " + " | ".join(cells) + " |")
+    f = report.forgetting
+    rows += ["", f"Forgetting on general text: KL {_num(f.kl, 3)} nats, perplexity "
+                 f"{_pct(f.general_perplexity_increase)} higher than the base model's.", ""]
+    verdicts = [f"{g.gate} {'passed' if g.passed else 'FAILED'} ({_num(g.value, 3)} vs {g.threshold})"
+                for g in report.gates]
     rows.append("Gates: " + ("; ".join(verdicts) if verdicts else "none configured."))
     return rows
 
@@ -50,10 +55,10 @@ def _export_checks(roundtrip: dict[str, Any]) -> list[str]:
     return lines
 
 
-def card_data(*, name: str, base: dict[str, Any], dataset: dict[str, Any], report: dict[str, Any]) -> Any:
+def card_data(*, name: str, base: dict[str, Any], dataset: dict[str, Any], report: EvaluationReport | None) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
-    accuracy = report.get("metrics", {}).get("fine_tuned", {}).get("fact_accuracy")
+    accuracy = report.fine_tuned.fact_accuracy if report is not None else None
     results = [EvalResult(task_type="text-generation", dataset_type="private", dataset_name=dataset["name"],
                           dataset_split="held-out", metric_type="accuracy", metric_name="fact accuracy",
                           metric_value=round(accuracy, 4))] if accuracy is not None else None
@@ -62,16 +67,9 @@ def card_data(*, name: str, base: dict[str, Any], dataset: dict[str, Any], repor
                          tags=["private-fine-tuning", "lora", "merged", "gguf"])
 
 
-def render(*, name: str, base: dict[str, Any], dataset: dict[str, Any], adapter: dict[str, Any],
-           training: dict[str, Any], report: dict[str, Any], promotion: dict[str, Any],
-           files: dict[str, str], roundtrip: dict[str, Any]) -> str:
-    """The card's Markdown, YAML header included."""
-    from huggingface_hub import ModelCard
-
-    data = card_data(name=name, base=base, dataset=dataset, report=report)
-    run = training.get("training", {})
-    lora = run.get("lora", {})
-    body = [
+def _provenance(name: str, base: dict[str, Any], dataset: dict[str, Any], adapter: dict[str, Any],
+                promotion: dict[str, Any]) -> list[str]:
+    return [
         f"# {name}",
         "",
         f"A LoRA fine-tune of **{base['name']}** on the private dataset **{dataset['name']}**, merged into the "
@@ -89,6 +87,12 @@ def render(*, name: str, base: dict[str, Any], dataset: dict[str, Any], adapter:
         "",
         f"Promoted by {promotion.get('promoted_by')} at {promotion.get('promoted_at')}: {promotion.get('reason')}.",
         "",
+    ]
+
+
+def _training(run: dict[str, Any], adapter: dict[str, Any], system_prompt: str) -> list[str]:
+    lora = run.get("lora", {})
+    return [
         "## Training",
         "",
         f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, on "
@@ -99,9 +103,23 @@ def render(*, name: str, base: dict[str, Any], dataset: dict[str, Any], adapter:
         "The system prompt it was trained with (use it, the answers depend on it):",
         "",
         "```text",
-        training.get("system_prompt", ""),
+        system_prompt,
         "```",
         "",
+    ]
+
+
+def render(*, name: str, base: dict[str, Any], dataset: dict[str, Any], adapter: dict[str, Any],
+           training: dict[str, Any], report: EvaluationReport | None, promotion: dict[str, Any],
+           files: dict[str, str], roundtrip: dict[str, Any]) -> str:
+    """The card's Markdown, YAML header included."""
+    from huggingface_hub import ModelCard
+
+    data = card_data(name=name, base=base, dataset=dataset, report=report)
+    run = training.get("training", {})
+    body = [
+        *_provenance(name, base, dataset, adapter, promotion),
+        *_training(run, adapter, training.get("system_prompt", "")),
         "## Evaluation (held-out questions, greedy decoding)",
         "",
         *_evaluation_table(report),

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from private_finetuning.errors import ExportError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _S, _U1, _A1, _U2, _A2 = (f"\x00{name}\x00" for name in ("SYSTEM", "USER1", "ASSISTANT1", "USER2", "ASSISTANT2"))
 
@@ -33,7 +36,7 @@ class TurnFormat:
     assistant_tail: str
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
@@ -42,7 +45,7 @@ def _between(text: str, start: str, end: str) -> str:
     return text[i:text.index(end, i)]
 
 
-def turn_format(tokenizer: Any) -> TurnFormat:
+def turn_format(tokenizer: PreTrainedTokenizerBase) -> TurnFormat:
     """Read the pieces off the tokenizer's chat template; ExportError if they do not reproduce it."""
     conversation = [{"role": "system", "content": _S}, {"role": "user", "content": _U1},
                     {"role": "assistant", "content": _A1}, {"role": "user", "content": _U2},
@@ -85,7 +88,7 @@ def go_template(fmt: TurnFormat) -> str:
             "{{ end }}{{ end }}")
 
 
-def stop_strings(fmt: TurnFormat, tokenizer: Any) -> list[str]:
+def stop_strings(fmt: TurnFormat, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The special tokens that end an assistant turn (those in the text after an assistant message)."""
     special = sorted(set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
                                                           if t.special}, key=len, reverse=True)
@@ -93,7 +96,8 @@ def stop_strings(fmt: TurnFormat, tokenizer: Any) -> list[str]:
     return found or ([tokenizer.eos_token] if tokenizer.eos_token else [])
 
 
-def modelfile(gguf_name: str, fmt: TurnFormat, tokenizer: Any, system_prompt: str, *, num_predict: int) -> str:
+def modelfile(gguf_name: str, fmt: TurnFormat, tokenizer: PreTrainedTokenizerBase, system_prompt: str, *,
+              num_predict: int) -> str:
     """The Modelfile text: FROM the GGUF beside it, its TEMPLATE, the SYSTEM prompt, greedy decoding."""
     if '"""' in system_prompt:
         raise ExportError('the system prompt contains """, which ends a Modelfile string; rephrase it')

@@ -12,12 +12,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from private_finetuning import __version__
-from private_finetuning.artifacts import (
+from private_finetuning.artifacts.store import (
     ADAPTER,
     BASE_MODEL,
     BASE_TOKENIZER,
@@ -31,8 +31,8 @@ from private_finetuning.artifacts import (
     wait_for_artifact,
 )
 from private_finetuning.config import PipelineConfig, load_config
-from private_finetuning.errors import EXIT_FAILURE, EXIT_OK, ArtifactError, Interrupted, PipelineError
-from private_finetuning.progress import format_duration, setup_logging
+from private_finetuning.errors import EXIT_FAILURE, EXIT_OK, ArtifactError, PipelineError, Termination
+from private_finetuning.telemetry.progress import format_duration, setup_logging
 
 
 @dataclass(frozen=True)
@@ -41,26 +41,6 @@ class StageContext:
     config: PipelineConfig
     args: argparse.Namespace
     log: logging.Logger
-
-
-class Termination:
-    """SIGTERM, as Kubernetes sends it before SIGKILL (eviction, drain, deletion).
-
-    By default it raises :class:`Interrupted` wherever the stage is: unwinding removes staging
-    folders, so nothing partial is published. A stage with progress to keep (training) defers it
-    instead and checks ``requested`` at its safe points, then saves and raises itself.
-    """
-
-    deferred = False
-    requested = False
-
-    @classmethod
-    def handle(cls, signum: int, _frame: Any) -> None:
-        if cls.deferred:
-            cls.requested = True  # acted on at the next safe point; nothing else is safe in a handler
-            return
-        raise Interrupted(f"stopped by {signal.Signals(signum).name} before finishing; nothing partial was "
-                          "published")
 
 
 def run_stage(name: str, description: str, body: Callable[[StageContext], None],
@@ -147,13 +127,18 @@ def wait_for_output(config: PipelineConfig, volume: Path, output: Output, timeou
 TRAINING_INPUTS = (("dataset", DATASET), ("base_model", BASE_MODEL), ("base_tokenizer", BASE_TOKENIZER))
 
 
+def training_input_volumes(args: argparse.Namespace) -> dict[str, Path]:
+    """The volumes of an adapter's three inputs, by the key its manifest's ``source`` names them with."""
+    return {"dataset": args.datasets, "base_model": args.base_model, "base_tokenizer": args.base_tokenizer}
+
+
 def adapter_fingerprint(config: PipelineConfig, digests: dict[str, str]) -> str:
     """What the adapter trained on inputs of these digests (keyed as ``TRAINING_INPUTS``) under this
     configuration records as its fingerprint.
 
     Training skips when the published adapter carries it; evaluation and export wait for the adapter
     that carries it, so a re-run with other data or settings never judges or exports the previous one."""
-    return fingerprint(ADAPTER.kind, *(digests[key] for key, _ in TRAINING_INPUTS), asdict(config.training),
+    return fingerprint(ADAPTER.kind, *(digests[key] for key, _ in TRAINING_INPUTS), config.training.model_dump(),
                        config.prompting.system_prompt)
 
 

@@ -9,14 +9,14 @@ never does. Any bad row stops the stage with file, line and field, and nothing i
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from private_finetuning.artifacts import DATASET, sha256_file
+from private_finetuning.artifacts.store import DATASET, sha256_file
 from private_finetuning.config import DatasetConfig
 from private_finetuning.data import acmehotels, augment
 from private_finetuning.data.formats import detect_format, read_records
+from private_finetuning.data.record import Record
 from private_finetuning.errors import InputDataError
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage
 
@@ -28,12 +28,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="the datasets volume")
 
 
-def split_records(records: list[dict], cfg: DatasetConfig, where: str) -> dict[str, list[dict]]:
+def split_records(records: list[Record], cfg: DatasetConfig, where: str) -> dict[str, list[Record]]:
     """Keep declared splits; split the rest with a seeded shuffle (Hugging Face datasets)."""
-    splits: dict[str, list[dict]] = {"train": [], "eval": []}
+    splits: dict[str, list[Record]] = {"train": [], "eval": []}
     unsplit = []
     for record in records:
-        (splits[record["split"]] if record["split"] else unsplit).append(record)
+        (splits[record.split] if record.split else unsplit).append(record)
     if unsplit:
         if len(unsplit) < 2:
             raise InputDataError(where, "needs at least 2 records to hold out an eval split")
@@ -77,8 +77,7 @@ def _run(ctx: StageContext) -> None:
         for split, rows in splits.items():
             with (folder / SPLIT_FILES[split]).open("w", encoding="utf-8") as fh:
                 for row in rows:
-                    fh.write(json.dumps({"messages": row["messages"], "meta": row["meta"]}, ensure_ascii=False,
-                                        sort_keys=True) + "\n")
+                    fh.write(row.dumps() + "\n")
         counts = {split: len(rows) for split, rows in splits.items()}
         ctx.log.info("splits: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         return name, source, {"format": "chat-jsonl", "splits": counts, "files": SPLIT_FILES,

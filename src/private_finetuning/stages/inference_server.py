@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from private_finetuning.serving.engines import ENGINES
 from private_finetuning.stages.common import StageContext, run_stage
 
 STAGE = "model-inference-server"
@@ -28,8 +29,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fine-tuned", required=True, type=Path, help="the fine-tuned-model volume")
     parser.add_argument("--base-model-openvino", type=Path, default=None,
                         help="the base-model-openvino volume (the OpenVINO engine's IR; serving.engine)")
-    parser.add_argument("--engine", choices=["auto", "openvino", "transformers", "vllm"], default=None,
-                        help="overrides serving.engine (the gpu overlay: vllm)")
+    parser.add_argument("--engine", choices=["auto", *ENGINES], default=None,
+                        help="overrides serving.engine (the gpu overlay: vllm): " + "; ".join(
+                            f"{name}: {choice.help}" for name, choice in ENGINES.items()))
     parser.add_argument("--bind", default="0.0.0.0:5000", help="address:port to listen on")
     parser.add_argument("--threads", type=int, default=None,
                         help="request threads of the worker (default: serving.queue_size + serving.max_batch_size + "

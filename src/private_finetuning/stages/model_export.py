@@ -19,8 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from private_finetuning import promotion
-from private_finetuning.artifacts import (
+from private_finetuning.artifacts import promotion
+from private_finetuning.artifacts.store import (
     EVALUATION,
     EXPORT,
     Artifact,
@@ -28,21 +28,24 @@ from private_finetuning.artifacts import (
     current_version,
     open_artifact,
 )
+from private_finetuning.data.facts import fact_accuracy
 from private_finetuning.data.heldout import pick_questions
+from private_finetuning.data.record import Record
 from private_finetuning.errors import ArtifactTimeout, GateFailed, PipelineError
-from private_finetuning.evaluation_metrics import fact_accuracy
+from private_finetuning.evaluation.report import EvaluationReport
 from private_finetuning.export import gguf_file, model_card, ollama
-from private_finetuning.generation import answer_questions
-from private_finetuning.progress import format_duration
+from private_finetuning.models.generation import answer_questions
 from private_finetuning.stages.common import (
     TRAINING_INPUTS,
     StageContext,
     already_published,
     fingerprint,
     run_stage,
+    training_input_volumes,
     wait_for_adapter,
     wait_for_output,
 )
+from private_finetuning.telemetry.progress import format_duration
 
 STAGE, ARTIFACT, KIND = EXPORT.producer, EXPORT.artifact, EXPORT.kind
 MERGED = "merged"
@@ -65,7 +68,7 @@ def wait_for_promotion(ctx: StageContext) -> tuple[dict[str, Artifact], promotio
     seconds beside it. The promoted version is verified on return (``promotion.adapter_of``)."""
     a, wait = ctx.args, ctx.config.artifacts
     volume = a.fine_tuned
-    volumes = {"dataset": a.datasets, "base_model": a.base_model, "base_tokenizer": a.base_tokenizer}
+    volumes = training_input_volumes(a)
     # Each missing input times out naming itself; what is verified here is not hashed again below.
     verified = {key: wait_for_output(ctx.config, volumes[key], output) for key, output in TRAINING_INPUTS}
     found, trained_on = wait_for_adapter(ctx.config, volume, volumes, verified)
@@ -99,7 +102,7 @@ def write_merged(ctx: StageContext, base: Artifact, tokenizer_dir: Path, adapter
     import torch
     from transformers import AutoTokenizer
 
-    from private_finetuning.hf_io import load_published_model
+    from private_finetuning.models.loading import load_published_model
 
     model = load_published_model(base.path, adapter.path)
     model = model.to(getattr(torch, ctx.config.export.dtype))
@@ -115,7 +118,7 @@ def write_merged(ctx: StageContext, base: Artifact, tokenizer_dir: Path, adapter
     return state, tokenizer
 
 
-def answers_of(ctx: StageContext, folder: Path, gguf_name: str | None, questions: list[dict],
+def answers_of(ctx: StageContext, folder: Path, gguf_name: str | None, questions: list[Record],
                eos: list[int]) -> list[str]:
     """Greedy answers of the merged model in ``folder`` (or of a GGUF file there), computed in float32."""
     import torch
@@ -133,11 +136,11 @@ def answers_of(ctx: StageContext, folder: Path, gguf_name: str | None, questions
     return answers
 
 
-def check_round_trip(ctx: StageContext, folder: Path, ggufs: dict[str, str], questions: list[dict],
+def check_round_trip(ctx: StageContext, folder: Path, ggufs: dict[str, str], questions: list[Record],
                      eos: list[int]) -> dict[str, Any]:
     """Every GGUF against the merged model on the same questions; a differing f16 fails the export."""
     cfg = ctx.config.export
-    facts = [q.get("meta", {}).get("answer") for q in questions]
+    facts = [q.answer for q in questions]
     merged = answers_of(ctx, folder / MERGED, None, questions, eos)
     result: dict[str, Any] = {"questions": len(questions), "merged_fact_accuracy": fact_accuracy(merged, facts)}
     for kind, name in ggufs.items():
@@ -194,7 +197,7 @@ def write_export(ctx: StageContext, inputs: dict[str, Artifact], promoted: promo
         dataset={"name": inputs["dataset"].manifest.name, "digest": inputs["dataset"].manifest.digest},
         adapter={"name": adapter.manifest.name, "digest": adapter.manifest.digest, **adapter.manifest.metadata},
         training=json.loads(adapter.file("training_config.json").read_text()),
-        report=json.loads(evaluation.file("report.json").read_text()) if evaluation else {},
+        report=EvaluationReport.loads(evaluation.file("report.json").read_text()) if evaluation else None,
         promotion=asdict(promoted), files=files, roundtrip=roundtrip)
     (folder / "README.md").write_text(card, encoding="utf-8")
     return {"files": files, "round_trip": roundtrip, "gguf": sorted(ggufs.values()), "dtype": cfg.dtype,
@@ -208,7 +211,7 @@ def _run(ctx: StageContext) -> None:
     a = ctx.args
     inputs, promoted = wait_for_promotion(ctx)
     adapter = inputs["adapter"]
-    fp = fingerprint(KIND, {k: v.manifest.digest for k, v in inputs.items()}, asdict(ctx.config.export),
+    fp = fingerprint(KIND, {k: v.manifest.digest for k, v in inputs.items()}, ctx.config.export.model_dump(),
                      ctx.config.prompting.system_prompt, ctx.config.serving.model_name,
                      ctx.config.serving.max_new_tokens, promoted.report_digest)
     if already_published(ctx, a.output, ARTIFACT, KIND, fp) is not None:

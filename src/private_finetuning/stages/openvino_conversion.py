@@ -13,9 +13,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from private_finetuning import openvino_ir
-from private_finetuning.artifacts import BASE_MODEL, BASE_MODEL_OPENVINO, BASE_TOKENIZER, ArtifactWriter
-from private_finetuning.hf_io import load_published_model
+from private_finetuning.artifacts.store import BASE_MODEL, BASE_MODEL_OPENVINO, BASE_TOKENIZER, ArtifactWriter
+from private_finetuning.models import openvino_ir
+from private_finetuning.models.loading import load_published_model
 from private_finetuning.stages.common import (
     StageContext,
     already_published,

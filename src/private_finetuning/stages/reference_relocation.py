@@ -12,8 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from private_finetuning.artifacts import REFERENCE_MODEL
-from private_finetuning.sources import resolve
+from private_finetuning.artifacts.store import REFERENCE_MODEL
+from private_finetuning.models.sources import resolve
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage, scratch_dir
 from private_finetuning.stages.relocation import display_name, write_model, write_tokenizer
 

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from private_finetuning.hf_io import (
+from private_finetuning.models.loading import (
     apply_fallback_template,
     end_of_turn_ids,
     load_model,
     load_tokenizer,
     save_model,
 )
-from private_finetuning.sources import ResolvedSource
+from private_finetuning.models.sources import ResolvedSource
 
 
 def display_name(source: ResolvedSource) -> str:

@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from private_finetuning.artifacts import BASE_TOKENIZER
-from private_finetuning.sources import resolve
+from private_finetuning.artifacts.store import BASE_TOKENIZER
+from private_finetuning.models.sources import resolve
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage, scratch_dir
 from private_finetuning.stages.relocation import display_name, write_tokenizer
 

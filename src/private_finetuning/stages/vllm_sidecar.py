@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from private_finetuning.artifacts import BASE_MODEL, BASE_TOKENIZER
+from private_finetuning.artifacts.store import BASE_MODEL, BASE_TOKENIZER
 from private_finetuning.errors import ConfigError
 from private_finetuning.stages.common import StageContext, run_stage, wait_for_output
 

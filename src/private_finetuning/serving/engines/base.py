@@ -21,10 +21,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from private_finetuning import promotion
-from private_finetuning.artifacts import (
+from private_finetuning.artifacts import promotion
+from private_finetuning.artifacts.store import (
     BASE_MODEL,
     BASE_TOKENIZER,
     Artifact,
@@ -32,9 +32,12 @@ from private_finetuning.artifacts import (
     current_version,
     open_artifact,
 )
-from private_finetuning.chat import encode_prompt, with_system
 from private_finetuning.config import PipelineConfig
+from private_finetuning.data.chat import encode_prompt, with_system
 from private_finetuning.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("model-inference-server")
 
@@ -50,7 +53,7 @@ class QueueFull(Exception):
 @dataclass
 class LoadedModel:
     model: Any  # what generates: a torch model, an OpenVINO pipeline, or the adapter's name in vLLM
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     eos_token_ids: list[int]
     adapter_digest: str
     adapter_name: str
@@ -235,7 +238,7 @@ class Engine:
         return True
 
     @staticmethod
-    def stream(request: Request, tokenizer: Any, tokens: list[int], sent: str) -> str:
+    def stream(request: Request, tokenizer: PreTrainedTokenizerBase, tokens: list[int], sent: str) -> str:
         """Send a streaming request the text its ``tokens`` add to what was ``sent``; what is sent now.
 
         Text that ends inside a multi-byte character waits for the rest of it."""

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from private_finetuning import openvino_ir, promotion
-from private_finetuning.artifacts import BASE_MODEL_OPENVINO, Artifact, Manifest, current_version, open_artifact
+from private_finetuning.artifacts import promotion
+from private_finetuning.artifacts.store import BASE_MODEL_OPENVINO, Artifact, Manifest, current_version, open_artifact
 from private_finetuning.config import PipelineConfig
 from private_finetuning.errors import ArtifactError
+from private_finetuning.models import openvino_ir
 from private_finetuning.serving.engines.base import Engine, LoadedModel, Request
 
 log = logging.getLogger("model-inference-server")

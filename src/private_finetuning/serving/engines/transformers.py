@@ -13,14 +13,17 @@ import logging
 import queue
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from private_finetuning import promotion
-from private_finetuning.artifacts import Artifact
+from private_finetuning.artifacts import promotion
+from private_finetuning.artifacts.store import Artifact
 from private_finetuning.config import PipelineConfig
-from private_finetuning.hf_io import load_published_model
-from private_finetuning.runtime import Runtime, select_runtime
+from private_finetuning.models.device import Device, select_device
+from private_finetuning.models.loading import load_published_model
 from private_finetuning.serving.engines.base import Engine, LoadedModel, Request
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("model-inference-server")
 
@@ -28,7 +31,7 @@ log = logging.getLogger("model-inference-server")
 class BatchStreamer:
     """Receives each generation step of a batch and forwards text deltas to streaming requests."""
 
-    def __init__(self, requests: list[Request], tokenizer: Any, eos_token_ids: list[int]):
+    def __init__(self, requests: list[Request], tokenizer: PreTrainedTokenizerBase, eos_token_ids: list[int]):
         self.requests, self.tokenizer, self.eos = requests, tokenizer, set(eos_token_ids)
         self.tokens: list[list[int]] = [[] for _ in requests]
         self.sent: list[str] = ["" for _ in requests]
@@ -69,15 +72,15 @@ class TransformersEngine(Engine):
 
     def __init__(self, config: PipelineConfig, *, base_model: Path, base_tokenizer: Path, fine_tuned: Path):
         super().__init__(config, base_model=base_model, base_tokenizer=base_tokenizer, fine_tuned=fine_tuned)
-        self.runtime: Runtime = select_runtime(self.serving.precision, cpu_bf16=False)
+        self.device: Device = select_device(self.serving.precision, cpu_bf16=False)
 
     def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
               promoted: promotion.Promotion) -> LoadedModel:
         start = time.monotonic()
         tokenizer, eos = self._tokenizer(tokenizer_artifact)
-        model = load_published_model(base.path, adapter.path).to(self.runtime.device).eval()
+        model = load_published_model(base.path, adapter.path).to(self.device.name).eval()
         log.info("loaded %s + adapter %s (%s) on %s in %.1fs", base.manifest.name, adapter.manifest.name,
-                 adapter.manifest.digest[:12], self.runtime.description, time.monotonic() - start)
+                 adapter.manifest.digest[:12], self.device.description, time.monotonic() - start)
         return LoadedModel(model, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
                            adapter_version=promoted.adapter_version, base_digest=base.manifest.digest,
                            report_digest=promoted.report_digest)
@@ -111,7 +114,7 @@ class TransformersEngine(Engine):
                         self.finish(request, error=f"generation failed: {exc}")
 
     def _generate(self, batch: list[Request]) -> None:
-        from private_finetuning.generation import generate
+        from private_finetuning.models.generation import generate
 
         loaded = self.loaded
         assert loaded is not None
@@ -120,10 +123,10 @@ class TransformersEngine(Engine):
         streamer = BatchStreamer(batch, loaded.tokenizer, loaded.eos_token_ids)
         # The batch may run until its latest deadline: each request's own deadline ends its row alone.
         budget = max(0.05, max(r.deadline for r in batch) - time.monotonic())
-        with self.runtime.autocast():
+        with self.device.autocast():
             results = generate(loaded.model, loaded.tokenizer, [r.prompt_ids for r in batch],
                                max_new_tokens=max(r.max_new_tokens for r in batch),
-                               eos_token_ids=loaded.eos_token_ids, device=self.runtime.device,
+                               eos_token_ids=loaded.eos_token_ids, device=self.device.name,
                                do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p,
                                streamer=streamer, max_time=budget, stopping_criteria=[streamer])
         for row, (request, _) in enumerate(zip(batch, results, strict=True)):

@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from private_finetuning import promotion
-from private_finetuning.artifacts import Artifact
+from private_finetuning.artifacts import promotion
+from private_finetuning.artifacts.store import Artifact
 from private_finetuning.config import PipelineConfig
 from private_finetuning.errors import ArtifactError
 from private_finetuning.serving.engines.base import Engine, LoadedModel, Request

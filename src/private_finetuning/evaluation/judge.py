@@ -1,0 +1,201 @@
+"""Judging the models: base, fine-tuned and reference, one in memory at a time, on the same questions.
+
+For each model: greedy answers to the held-out questions (the eval split: phrasings never trained on)
+and, but for the reference, to a sample of trained ones, in batches sorted by length; the answer metrics
+of the metric table; answer and general-text perplexity; and, for the fine-tuned model, the KL to the
+base on general conversations. :func:`build_report` puts it together as an :class:`EvaluationReport`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import TYPE_CHECKING, Any
+
+from private_finetuning.data.chat import encode_for_training, with_system
+from private_finetuning.data.general import GENERAL_CONVERSATIONS
+from private_finetuning.data.heldout import pick_questions
+from private_finetuning.errors import InputDataError, SourceError
+from private_finetuning.evaluation.gates import check_gates
+from private_finetuning.evaluation.metrics import fact_accuracy_by_kind, score_answers
+from private_finetuning.evaluation.report import (
+    MODELS,
+    AnswerScores,
+    EvaluationReport,
+    Forgetting,
+    ModelScores,
+    SideBySide,
+    WrongAnswer,
+)
+from private_finetuning.models.generation import answer_questions
+from private_finetuning.models.loading import load_published_model
+from private_finetuning.models.scoring import answer_log_probs, mean_kl, perplexity
+
+if TYPE_CHECKING:
+    import logging
+
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from private_finetuning.artifacts.store import Artifact
+    from private_finetuning.config import PipelineConfig
+    from private_finetuning.data.record import Record
+
+QuestionSets = dict[str, list["Record"]]  # "held_out" and "trained"
+Answers = dict[str, list[str]]  # by question set
+
+
+def question_sets(config: PipelineConfig, dataset: Artifact, log: logging.Logger) -> QuestionSets:
+    """The held-out questions (the eval split: phrasings never trained on) and a sample of trained ones."""
+    cfg = config.evaluation
+    trained: list[Record] = []
+    if cfg.trained_samples:
+        try:
+            trained = pick_questions(dataset.file("train.jsonl"), cfg.trained_samples)
+        except InputDataError:
+            log.info("the train split has no question/answer records: no trained-question scores")
+    return {"held_out": pick_questions(dataset.file("eval.jsonl"), cfg.samples), "trained": trained}
+
+
+def wrong_answers(sets: QuestionSets, answers: Answers, limit: int) -> list[WrongAnswer]:
+    """The fine-tuned model's replies that miss their record's ``answer``, for the report (never the logs)."""
+    from private_finetuning.data.facts import fact_match
+
+    wrong = []
+    for name, questions in sets.items():
+        for q, reply in zip(questions, answers.get(name, []), strict=False):
+            if q.answer is not None and not fact_match(reply, q.answer):
+                wrong.append(WrongAnswer(name.replace("_", "-"), q.question, q.answer, reply))
+    return wrong[:limit]
+
+
+def answer_scores(questions: list[Record], answers: list[str]) -> AnswerScores:
+    return AnswerScores(score_answers(questions, answers), fact_accuracy_by_kind(questions, answers))
+
+
+class Judge:
+    """Scores each model in turn on the same question sets and puts the report together."""
+
+    def __init__(self, config: PipelineConfig, inputs: dict[str, Artifact], device: str, log: logging.Logger):
+        self.config, self.inputs, self.device, self.log = config, inputs, device, log
+        self.sets = question_sets(config, inputs["dataset"], log)
+        self.models = [k for k in MODELS if k != "reference" or "reference" in inputs]
+
+    def load(self, kind: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[int]]:
+        """Model, tokenizer and end-of-turn ids of 'base', 'fine_tuned' or 'reference'."""
+        from transformers import AutoTokenizer
+
+        inputs = self.inputs
+        source = inputs["reference"] if kind == "reference" else inputs["base"]
+        tok_dir = inputs["reference"].path if kind == "reference" else inputs["tokenizer"].path
+        if not (tok_dir / "tokenizer_config.json").is_file():
+            raise SourceError(f"{tok_dir}: the {kind.replace('_', '-')} model's tokenizer is missing")
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        model = load_published_model(source.path, inputs["adapter"].path if kind == "fine_tuned" else None)
+        meta = (source.manifest.metadata.get("tokenizer") if kind == "reference"
+                else inputs["tokenizer"].manifest.metadata)
+        eos = (meta or {}).get("end_of_turn_ids") or [tokenizer.eos_token_id]
+        return model.to(self.device).eval(), tokenizer, eos
+
+    def answer_all(self, kind: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eos: list[int],
+                   questions: list[Record]) -> tuple[list[str], int, float]:
+        """Greedy answers to ``questions`` in batches; also the tokens generated and the seconds it took."""
+        cfg = self.config.evaluation
+        start = time.perf_counter()
+        answers, generated = answer_questions(
+            model, tokenizer, questions, system_prompt=self.config.prompting.system_prompt, eos_token_ids=eos,
+            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, device=self.device,
+            on_batch=lambda done, total: self.log.info("%s: answered %d/%d questions", kind, done, total))
+        return answers, generated, time.perf_counter() - start
+
+    def score(self, kind: str, base_general: torch.Tensor | None) -> tuple[ModelScores, Answers, Any]:
+        """Metrics of one model on the held-out questions (and, but for the reference, the trained ones);
+        also its answers, and for the base model its log-probabilities on general text (for the KL)."""
+        cfg, system = self.config.evaluation, self.config.prompting.system_prompt
+        model, tokenizer, eos = self.load(kind)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        questions = self.sets["held_out"]
+        answers, generated, seconds = self.answer_all(kind, model, tokenizer, eos, questions)
+        examples = [encode_for_training(tokenizer, with_system(q.messages, system)) for q in questions]
+        general = [encode_for_training(tokenizer, with_system([{"role": "user", "content": u},
+                                                               {"role": "assistant", "content": a}], system))
+                   for u, a in GENERAL_CONVERSATIONS]
+        scores = ModelScores(answer_scores(questions, answers),
+                             answer_perplexity=perplexity(model, examples, pad, self.device, cfg.batch_size),
+                             general_perplexity=perplexity(model, general, pad, self.device, cfg.batch_size),
+                             latency_s_per_answer=seconds / len(answers),
+                             tokens_per_s=generated / seconds if seconds else None, questions=len(answers))
+        all_answers = {"held_out": answers}
+        if kind != "reference" and self.sets.get("trained"):
+            all_answers["trained"] = self.answer_all(f"{kind} (trained questions)", model, tokenizer, eos,
+                                                     self.sets["trained"])[0]
+            scores.trained = answer_scores(self.sets["trained"], all_answers["trained"])
+        log_probs = None
+        if kind == "base":
+            log_probs = answer_log_probs(model, general, pad, self.device, cfg.batch_size)
+        elif kind == "fine_tuned" and base_general is not None:
+            scores.forgetting_kl = mean_kl(base_general, answer_log_probs(model, general, pad, self.device,
+                                                                          cfg.batch_size))
+        self._log_scores(kind, scores)
+        del model
+        gc.collect()
+        return scores, all_answers, log_probs
+
+    def _log_scores(self, kind: str, m: ModelScores) -> None:
+        trained = m.trained.fact_accuracy if m.trained else None
+        self.log.info("%s: fact accuracy %s held-out, %s trained; token F1 %.3f, answer perplexity %.2f, %.2fs per "
+                      "answer", kind, _pct(m.fact_accuracy), _pct(trained), m.value("token_f1") or 0.0,
+                      m.answer_perplexity, m.latency_s_per_answer)
+        if m.held_out.by_fact:
+            self.log.info("%s: held-out fact accuracy by kind of fact: %s (standard error of the whole %s on %d "
+                          "questions)", kind, ", ".join(f"{k} {_pct(v)}" for k, v in m.held_out.by_fact.items()),
+                          _stderr(m.fact_accuracy, m.questions), m.questions)
+
+    def judge(self) -> EvaluationReport:
+        """Every model scored in turn; the report with its gates checked."""
+        start = time.perf_counter()
+        self.log.info("evaluating %d held-out and %d trained questions on %s", len(self.sets["held_out"]),
+                      len(self.sets["trained"]), ", ".join(self.models))
+        metrics: dict[str, ModelScores] = {}
+        answers: dict[str, Answers] = {}
+        base_general = None
+        for kind in self.models:
+            metrics[kind], answers[kind], log_probs = self.score(kind, base_general)
+            if kind == "base":
+                base_general = log_probs
+        report = build_report(self.config, self.inputs, self.sets, metrics, answers)
+        report.duration_s = round(time.perf_counter() - start, 1)
+        return report
+
+
+def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: QuestionSets,
+                 metrics: dict[str, ModelScores], answers: dict[str, Answers]) -> EvaluationReport:
+    cfg = config.evaluation
+    base, tuned = metrics["base"], metrics["fine_tuned"]
+    models = {"base": {"name": inputs["base"].manifest.name, "digest": inputs["base"].manifest.digest},
+              "fine_tuned": {"name": inputs["adapter"].manifest.name, "digest": inputs["adapter"].manifest.digest,
+                             "base_digest": inputs["base"].manifest.digest}}
+    if "reference" in inputs:
+        models["reference"] = {"name": inputs["reference"].manifest.name,
+                               "digest": inputs["reference"].manifest.digest}
+    questions = sets["held_out"]
+    report = EvaluationReport(
+        questions=len(questions), config=cfg.model_dump(), models=models,
+        dataset={"name": inputs["dataset"].manifest.name, "digest": inputs["dataset"].manifest.digest},
+        metrics=metrics,
+        forgetting=Forgetting(tuned.forgetting_kl, base.general_perplexity, tuned.general_perplexity,
+                              tuned.general_perplexity / base.general_perplexity - 1),
+        side_by_side=[SideBySide(q.question, q.reply, {k: answers[k]["held_out"][i] for k in answers})
+                      for i, q in enumerate(questions[:cfg.side_by_side])],
+        wrong_answers=wrong_answers(sets, answers["fine_tuned"], cfg.wrong_answers))
+    report.gates = check_gates(cfg.gates, metrics)
+    return report
+
+
+def _stderr(accuracy: float | None, n: int) -> str:
+    """The binomial standard error of an accuracy measured on ``n`` questions, in points."""
+    return "n/a" if accuracy is None or n < 2 else f"±{100 * (accuracy * (1 - accuracy) / n) ** 0.5:.1f} points"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

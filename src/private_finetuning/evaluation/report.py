@@ -1,0 +1,176 @@
+"""The evaluation report: the type the evaluation writes as ``report.json`` and every reader reads back.
+
+The gates, the Markdown and HTML report, the charts, TensorBoard and the export's model card all take an
+:class:`EvaluationReport`, never a dict: a field is named once, here. Its JSON keeps the shape of
+docs/evaluation.md (``metrics.<model>.fact_accuracy`` and so on), so tools reading ``report.json`` see
+the same file as before the type existed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from private_finetuning.evaluation.metrics import ANSWER_METRICS, METRICS
+
+MODELS = ("base", "fine_tuned", "reference")  # in the order they are judged and shown
+
+
+@dataclass
+class AnswerScores:
+    """One model's answer metrics on one set of questions (held-out or trained), by metric name."""
+
+    values: dict[str, float | None]
+    by_fact: dict[str, float] = field(default_factory=dict)  # fact accuracy per kind of fact
+
+    @property
+    def fact_accuracy(self) -> float | None:
+        return self.values.get("fact_accuracy")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.values, "fact_accuracy_by_fact": self.by_fact}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AnswerScores:
+        return cls({m.name: data.get(m.name) for m in ANSWER_METRICS}, data.get("fact_accuracy_by_fact") or {})
+
+
+@dataclass
+class ModelScores:
+    """Everything measured of one model; ``trained`` only for base and fine-tuned, ``forgetting_kl`` only
+    for the fine-tuned model (against the base)."""
+
+    held_out: AnswerScores
+    answer_perplexity: float
+    general_perplexity: float
+    latency_s_per_answer: float
+    tokens_per_s: float | None
+    questions: int
+    trained: AnswerScores | None = None
+    forgetting_kl: float | None = None
+
+    @property
+    def fact_accuracy(self) -> float | None:
+        return self.held_out.fact_accuracy
+
+    def value(self, metric: str) -> float | None:
+        """A metric of :data:`~.metrics.METRICS` by name: held-out answer metrics, or the model's own."""
+        if metric in self.held_out.values:
+            return self.held_out.values[metric]
+        return getattr(self, metric)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {**self.held_out.to_json(), "answer_perplexity": self.answer_perplexity,
+                "general_perplexity": self.general_perplexity, "latency_s_per_answer": self.latency_s_per_answer,
+                "tokens_per_s": self.tokens_per_s, "questions": self.questions}
+        if self.trained is not None:
+            data["trained"] = self.trained.to_json()
+        if self.forgetting_kl is not None:
+            data["forgetting_kl"] = self.forgetting_kl
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelScores:
+        trained = data.get("trained")
+        return cls(AnswerScores.from_json(data), data["answer_perplexity"], data["general_perplexity"],
+                   data["latency_s_per_answer"], data.get("tokens_per_s"), data["questions"],
+                   AnswerScores.from_json(trained) if trained is not None else None, data.get("forgetting_kl"))
+
+
+@dataclass
+class Forgetting:
+    kl: float | None  # mean KL(base || fine-tuned) on general conversations, nats
+    general_perplexity_base: float
+    general_perplexity_fine_tuned: float
+    general_perplexity_increase: float  # relative: 0.25 is +25%
+
+
+@dataclass
+class SideBySide:
+    question: str
+    expected: str
+    answers: dict[str, str]  # by model
+
+
+@dataclass
+class WrongAnswer:
+    set: str  # "held-out" or "trained"
+    question: str
+    answer: str  # the fact the reply should have stated
+    reply: str
+
+
+@dataclass
+class GateResult:
+    gate: str
+    threshold: float | None
+    value: float | None
+    passed: bool
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.reason is None:
+            del data["reason"]
+        return data
+
+
+@dataclass
+class EvaluationReport:
+    questions: int
+    config: dict[str, Any]  # the evaluation section of the pipeline config it ran with
+    models: dict[str, dict[str, str]]  # by model: name, digest (and the fine-tuned model's base_digest)
+    dataset: dict[str, str]  # name, digest
+    metrics: dict[str, ModelScores]
+    forgetting: Forgetting
+    side_by_side: list[SideBySide]
+    wrong_answers: list[WrongAnswer]
+    gates: list[GateResult] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def fine_tuned(self) -> ModelScores:
+        return self.metrics["fine_tuned"]
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"questions": self.questions, "config": self.config, "models": self.models, "dataset": self.dataset,
+                "metrics": {k: m.to_json() for k, m in self.metrics.items()}, "forgetting": asdict(self.forgetting),
+                "side_by_side": [asdict(s) for s in self.side_by_side],
+                "wrong_answers": [asdict(w) for w in self.wrong_answers],
+                "gates": [g.to_json() for g in self.gates], "duration_s": self.duration_s}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvaluationReport:
+        return cls(questions=data["questions"], config=data["config"], models=data["models"],
+                   dataset=data["dataset"], metrics={k: ModelScores.from_json(v) for k, v in data["metrics"].items()},
+                   forgetting=Forgetting(**data["forgetting"]),
+                   side_by_side=[SideBySide(**s) for s in data["side_by_side"]],
+                   wrong_answers=[WrongAnswer(**w) for w in data.get("wrong_answers", [])],
+                   gates=[GateResult(**g) for g in data.get("gates", [])], duration_s=data.get("duration_s", 0.0))
+
+    @classmethod
+    def loads(cls, text: str) -> EvaluationReport:
+        return cls.from_json(json.loads(text))
+
+
+def metric_rows(report: EvaluationReport) -> list[tuple[str, list[float | None], bool]]:
+    """(label, value per model in :data:`MODELS` order, percent) for every metric row of the report."""
+    models = [k for k in MODELS if k in report.metrics]
+    rows = [(m.label + (", held-out" if m.trained else ""), [report.metrics[k].value(m.name) for k in models],
+             m.percent) for m in METRICS]
+    if any(report.metrics[k].trained is not None for k in models):
+        for m in (m for m in METRICS if m.trained):
+            values = [t.values.get(m.name) if (t := report.metrics[k].trained) else None for k in models]
+            rows.append((f"{m.label}, trained questions", values, m.percent))
+    return rows

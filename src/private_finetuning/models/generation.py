@@ -1,0 +1,81 @@
+"""Batched greedy generation: one implementation for training samples, evaluation and serving."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from private_finetuning.data.chat import encode_prompt, with_system
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from private_finetuning.data.record import Record
+
+
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], *,
+             max_new_tokens: int, eos_token_ids: list[int], device: str = "cpu", do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, streamer: Any = None,
+             max_time: float | None = None, stopping_criteria: list[Any] | None = None) -> list[tuple[str, int]]:
+    """Answer each prompt (token ids); returns (text, number of generated tokens) per prompt.
+
+    Prompts are left-padded into one batch so every answer starts at the same position.
+    ``streamer`` receives each step's tokens (transformers' streamer protocol); ``max_time`` bounds
+    the generation in seconds; ``stopping_criteria`` (callables of the ids and scores) may end it early.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _AllRows(StoppingCriteria):
+        """A callable of (ids, scores) that ends every row at once, as a transformers stopping criterion."""
+
+        def __init__(self, check: Any):
+            self.check = check
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), bool(self.check(input_ids, scores)), dtype=torch.bool)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             eos_token_id=eos_token_ids, pad_token_id=pad_id, streamer=streamer, max_time=max_time,
+                             stopping_criteria=StoppingCriteriaList([_AllRows(c) for c in stopping_criteria or []]),
+                             **sampling)
+    results = []
+    stop = set(eos_token_ids)
+    for row in out[:, width:].tolist():
+        n = next((i for i, t in enumerate(row) if t in stop), len(row))
+        results.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
+    return results
+
+
+
+def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[Record], *,
+                     system_prompt: str,
+                     eos_token_ids: list[int], batch_size: int, max_new_tokens: int, device: str = "cpu",
+                     on_batch: Any = None) -> tuple[list[str], int]:
+    """Greedy answers to chat records' last user question (their last message is the expected answer),
+    asked with the system prompt, in batches; also the number of tokens generated.
+    ``on_batch(done, total)`` is called after each batch, for progress logs."""
+    prompts = [encode_prompt(tokenizer, with_system(q.messages[:-1], system_prompt)) for q in questions]
+    # Batches of prompts of similar length: less padding to compute; answers are put back in question order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
+    generated = 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        for i, (text, n) in zip(rows, generate(model, tokenizer, [prompts[i] for i in rows],
+                                               max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids,
+                                               device=device), strict=True):
+            answers[i] = text
+            generated += n
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(order)), len(prompts))
+    return answers, generated

@@ -1,0 +1,96 @@
+"""Teacher-forced scoring of replies: how likely a model finds the reply tokens of chat examples.
+
+Training (held-out loss, the KL term), the evaluation (answer and general-text perplexity, forgetting)
+and the benchmarks all read a model the same way: the examples right-padded into one batch, logits
+kept only where the next token is a reply token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from private_finetuning.data.chat import IGNORE_INDEX, Encoded
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example in the batch; padded positions carry no loss."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def reply_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits at each position whose next token is a reply token (with the gradient, if one is being taken)."""
+    keep = batch["labels"][:, 1:] != IGNORE_INDEX
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+
+
+def _answer_logits(model: PreTrainedModel, examples: list[Encoded], pad_id: int,
+                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at each reply position and the reply tokens they predict (teacher forcing, no gradient)."""
+    import torch
+
+    batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+    with torch.inference_mode():
+        logits = reply_logits(model, batch)
+    targets = batch["labels"][:, 1:]
+    return logits.float(), targets[targets != IGNORE_INDEX]
+
+
+def answer_nll(model: PreTrainedModel, examples: list[Encoded], pad_id: int, device: str = "cpu",
+               batch_size: int = 16) -> tuple[float, int]:
+    """Summed negative log-likelihood of the answer tokens, and how many there were."""
+    import torch
+
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        logits, targets = _answer_logits(model, examples[start:start + batch_size], pad_id, device)
+        total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        count += int(targets.numel())
+    return total, count
+
+
+def perplexity(model: PreTrainedModel, examples: list[Encoded], pad_id: int, device: str = "cpu",
+               batch_size: int = 16) -> float:
+    total, count = answer_nll(model, examples, pad_id, device, batch_size)
+    return math.exp(total / count) if count else float("nan")
+
+
+def answer_log_probs(model: PreTrainedModel, examples: list[Encoded], pad_id: int, device: str = "cpu",
+                     batch_size: int = 16) -> torch.Tensor:
+    """Log-probabilities over the vocabulary at every answer position, stacked: (positions, vocab)."""
+    import torch
+
+    parts = []
+    for start in range(0, len(examples), batch_size):
+        logits, _ = _answer_logits(model, examples[start:start + batch_size], pad_id, device)
+        parts.append(torch.log_softmax(logits, dim=-1).cpu())
+    return torch.cat(parts)
+
+
+def kl_per_position(reference_log_probs: torch.Tensor, other_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(reference || other) at each position: how far ``other`` moved from ``reference``."""
+    import torch
+
+    kl = torch.nn.functional.kl_div(other_log_probs, reference_log_probs, log_target=True, reduction="none")
+    return kl.sum(dim=-1)
+
+
+def mean_kl(reference_log_probs: torch.Tensor, other_log_probs: torch.Tensor) -> float:
+    """Mean over positions of KL(reference || other)."""
+    return float(kl_per_position(reference_log_probs, other_log_probs).mean())
+

@@ -1,0 +1,112 @@
+"""Training checkpoints on the fine-tuned-model volume, so a killed pod resumes instead of restarting.
+
+A checkpoint is an artifact like any other (atomic publish, checksummed manifest, verified before
+use), stored per run under ``checkpoints/<run-id>/``. Everything is safetensors or JSON: no pickle,
+not even for the optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from private_finetuning.artifacts.store import ArtifactWriter, current_version, open_artifact
+from private_finetuning.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+log = logging.getLogger(__name__)
+
+KIND = "training-checkpoint"
+ARTIFACT = "latest"
+
+
+@dataclass
+class TrainingState:
+    """Where a run is: what a checkpoint restores so a resumed pod carries on the same schedule and epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    tokens_seen: int = 0
+    last_loss: float | None = None
+    total_steps: int = 0  # the schedule's total (after the time budget), kept for a resumed pod
+    train_seconds: float = 0.0  # spent by earlier pods of this run, counted against the time budget
+    # Each fact's last training loss (None: not seen yet), and a copy as it was when the epoch began:
+    # loss-prioritised sampling drew the epoch from that copy, so a resumed pod draws the same epoch.
+    fact_losses: list[float | None] = field(default_factory=list)
+    epoch_priorities: list[float] | None = None
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = tensor
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save(folder: Path, *, stage: str, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any,
+         state: TrainingState) -> None:
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    with ArtifactWriter(folder, ARTIFACT, kind=KIND, stage=stage, keep_versions=0) as writer:
+        assert writer.path is not None
+        adapter = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(adapter, writer.path / "adapter.safetensors")
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        opt_tensors["rng.torch"] = torch.get_rng_state()
+        save_file(opt_tensors, writer.path / "optimizer.safetensors")
+        (writer.path / "state.json").write_text(json.dumps({
+            "progress": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
+        }, indent=1, default=float))
+        writer.commit(name=f"step-{state.step}", source={"run_id": run_id}, metadata=asdict(state))
+    log.info("checkpoint at step %d saved to %s", state.step, folder / ARTIFACT)
+
+
+def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any) -> TrainingState | None:
+    """Restore the latest checkpoint of ``run_id`` into model/optimizer/scheduler; None if there is none."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    manifest = current_version(folder, ARTIFACT)
+    if manifest is None:
+        return None
+    try:
+        artifact = open_artifact(folder, ARTIFACT, KIND)
+    except ArtifactError as exc:
+        log.warning("ignoring a checkpoint that does not verify (%s); training from the start", exc)
+        return None
+    if artifact.manifest.source.get("run_id") != run_id:
+        return None
+    set_peft_model_state_dict(model, load_file(artifact.file("adapter.safetensors")))
+    state = json.loads(artifact.file("state.json").read_text())
+    tensors = load_file(artifact.file("optimizer.safetensors"))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return TrainingState(**state["progress"])
