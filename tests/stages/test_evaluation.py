@@ -72,6 +72,19 @@ def test_rouge_l_known_values() -> None:
     assert rouge_l("the cat ran", "the cat sat") == pytest.approx(2 / 3)
 
 
+def test_exact_match_is_the_whole_reply_ignoring_case_accents_and_spacing() -> None:
+    from private_finetuning.data.record import Record
+    from private_finetuning.evaluation.metrics import exact_match_of
+
+    def asked(reply: str) -> Record:
+        return Record([{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}])
+
+    questions = [asked("The Café opens at 7:30."), asked("Room 12 is on floor 3."), asked("Yes.")]
+    replies = ["the cafe  opens at 7:30.", "Room 12 is on floor 3", "Yes."]  # the second lacks its full stop
+    assert exact_match_of(questions, replies) == pytest.approx(2 / 3)
+    assert exact_match_of(questions, ["x", "Room 12 is on floor 3 and 4.", "No."]) == 0.0
+
+
 class Uniform:
     """A 'model' whose next-token distribution is uniform over ``vocab``: perplexity must be ``vocab``."""
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from private_finetuning.data.facts import fact_accuracy, fact_match, token_f1
+from private_finetuning.data.facts import fact_accuracy, fact_match, normalize, token_f1
 
 if TYPE_CHECKING:
     from private_finetuning.data.record import Record
@@ -53,6 +53,11 @@ def rouge_l_of(questions: list[Record], answers: list[str]) -> float | None:
     return _mean([rouge_l(a, q.reply) for q, a in zip(questions, answers, strict=True)])
 
 
+def exact_match_of(questions: list[Record], answers: list[str]) -> float | None:
+    """Share of answers that are the reference reply itself, ignoring case, accents and spacing."""
+    return _mean([float(normalize(a) == normalize(q.reply)) for q, a in zip(questions, answers, strict=True)])
+
+
 def fact_accuracy_by_kind(questions: list[Record], answers: list[str]) -> dict[str, float]:
     """Fact accuracy per kind of fact (the records' ``fact``), for records that carry an ``answer``."""
     by_kind: dict[str, list[bool]] = {}
@@ -82,6 +87,8 @@ METRICS: tuple[Metric, ...] = (
            score=fact_accuracy_of, trained=True),
     Metric("token_f1", "token F1", "word overlap of the answer with the reference reply", score=token_f1_of,
            trained=True, card=False),
+    Metric("exact_match", "exact match", "answers equal to the reference reply, ignoring case, accents and spacing",
+           percent=True, score=exact_match_of, card=False),
     Metric("rouge_l", "ROUGE-L", "longest common word sequence with the reference reply", score=rouge_l_of),
     Metric("answer_perplexity", "answer perplexity", "perplexity of the reference replies (teacher-forced)"),
     Metric("general_perplexity", "general-text perplexity", "perplexity of general conversations: forgetting"),
