@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from private_finetuning.data.chat import encode_for_training, with_system
+from private_finetuning.data.facts import fact_match
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
 from private_finetuning.data.heldout import pick_questions
 from private_finetuning.errors import InputDataError, SourceError
@@ -59,8 +60,6 @@ def question_sets(config: PipelineConfig, dataset: Artifact, log: logging.Logger
 
 def wrong_answers(sets: QuestionSets, answers: Answers, limit: int) -> list[WrongAnswer]:
     """The fine-tuned model's replies that miss their record's ``answer``, for the report (never the logs)."""
-    from private_finetuning.data.facts import fact_match
-
     wrong = []
     for name, questions in sets.items():
         for q, reply in zip(questions, answers.get(name, []), strict=False):
@@ -108,7 +107,7 @@ class Judge:
             on_batch=lambda done, total: self.log.info("%s: answered %d/%d questions", kind, done, total))
         return answers, generated, time.perf_counter() - start
 
-    def score(self, kind: str, base_general: torch.Tensor | None) -> tuple[ModelScores, Answers, Any]:
+    def score(self, kind: str, base_general: torch.Tensor | None) -> tuple[ModelScores, Answers, torch.Tensor | None]:
         """Metrics of one model on the held-out questions (and, but for the reference, the trained ones);
         also its answers, and for the base model its log-probabilities on general text (for the KL)."""
         cfg, system = self.config.evaluation, self.config.prompting.system_prompt
