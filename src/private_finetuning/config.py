@@ -679,9 +679,9 @@ def reference_markdown() -> str:
     """docs/configuration.md: every key with its type, default, range and help, from the models themselves."""
     out = ["# pipeline.yaml reference", "",
            "Generated from the configuration's pydantic models by",
-           "`pft config-schema --markdown > docs/configuration.md`; a test keeps this file equal to it. Every key is",
-           "optional; an empty file is the default pipeline. Editors complete and check the file with",
-           "`k8s/base/pipeline.schema.json` (`pft config-schema > k8s/base/pipeline.schema.json`).", ""]
+           "`.venv/bin/pft config-schema --markdown > docs/configuration.md`; a test keeps this file equal to it.",
+           "Every key is optional; an empty file is the default pipeline. Editors complete and check the file with",
+           "`k8s/base/pipeline.schema.json` (`.venv/bin/pft config-schema > k8s/base/pipeline.schema.json`).", ""]
     _section_markdown(PipelineConfig, "", out)
     return "\n".join(out) + "\n"
 
