@@ -100,8 +100,8 @@ def test_config_through_a_symlink_resolves_against_the_target(tmp_path: Path) ->
 
 def test_published_schema_and_reference_are_the_models_own() -> None:
     """Editors read k8s/base/pipeline.schema.json and people docs/configuration.md: both say what the code checks.
-    After changing a field: pft config-schema > k8s/base/pipeline.schema.json and
-    pft config-schema --markdown > docs/configuration.md."""
+    After changing a field: .venv/bin/pft config-schema > k8s/base/pipeline.schema.json and
+    .venv/bin/pft config-schema --markdown > docs/configuration.md."""
     from private_finetuning.config import json_schema_text, reference_markdown
 
     assert (REPO / "k8s" / "base" / "pipeline.schema.json").read_text() == json_schema_text()
