@@ -2,8 +2,8 @@
 
 A normalized record is a :class:`~private_finetuning.data.record.Record`: chat messages, the split the
 file declared (or None) and ``meta``; the last message is the assistant's (what the model learns to say).
-One reader per format, in :data:`READERS` (the config's ``dataset.source.format`` choices, the extensions
-``auto`` recognises and the help derive from it):
+One reader per format, in :data:`READERS` (the config's ``dataset.source.format`` choices are checked
+against it, and ``auto`` reads a file's extension from it):
 
 - CSV, with a row-to-text template from the config (``{column}`` format strings);
 - JSON Lines, a ``.json`` array of records, or a Parquet table, each record in one of the shapes
@@ -243,19 +243,21 @@ def _csv(path: Path, o: ReadOptions) -> Iterator[Record]:
 @dataclass(frozen=True)
 class Reader:
     suffixes: tuple[str, ...]  # the extensions `format: auto` reads as this format
-    help: str
     read: Callable[[Path, ReadOptions], Iterator[Record]]
 
 
 READERS: dict[str, Reader] = {
-    "csv": Reader((".csv",), "a table; each row becomes a conversation through dataset.source.csv_template", _csv),
-    "json": Reader((".json",), "a JSON array of records (alpaca_data.json), or JSON Lines",
-                   lambda p, o: read_json(p, o.encoding, o.max_chars, o.max_bytes)),
-    "jsonl": Reader((".jsonl", ".ndjson"), "one record per line, in any shape of docs/data.md",
+    # A table; each row becomes a conversation through dataset.source.csv_template.
+    "csv": Reader((".csv",), _csv),
+    # A JSON array of records (alpaca_data.json), or JSON Lines.
+    "json": Reader((".json",), lambda p, o: read_json(p, o.encoding, o.max_chars, o.max_bytes)),
+    # One record per line, in any shape of docs/data.md.
+    "jsonl": Reader((".jsonl", ".ndjson"),
                     lambda p, o: read_jsonl(p, stream_lines(p, o.encoding, o.max_bytes), o.max_chars)),
-    "parquet": Reader((".parquet", ".pq"), "a Parquet table, columns named as the JSON shapes' fields",
-                      lambda p, o: read_parquet(p, o.max_chars, o.max_bytes)),
-    "text": Reader((".txt", ".md", ".text"), "paragraphs separated by blank lines, each learned as a reply",
+    # A Parquet table, columns named as the JSON shapes' fields.
+    "parquet": Reader((".parquet", ".pq"), lambda p, o: read_parquet(p, o.max_chars, o.max_bytes)),
+    # Paragraphs separated by blank lines, each learned as a reply.
+    "text": Reader((".txt", ".md", ".text"),
                    lambda p, o: read_text(p, stream_lines(p, o.encoding, o.max_bytes), o.max_chars)),
 }
 
