@@ -1,8 +1,9 @@
 """Runs the pipeline on one machine from the same manifests a cluster runs.
 
 ``pods`` reads a rendered Job or Deployment into what its container needs; ``scheduling`` is the
-node and kube-scheduler's fit check; ``engines`` run a pod as a local process or as a container
-from its image; ``controller`` gives them Job and ReplicaSet semantics; ``pipeline`` is ``pft run``.
+node and kube-scheduler's fit check; ``runtimes`` run a pod as a local process or as a container
+from its image (``pft run --engine``); ``controller`` gives them Job and ReplicaSet semantics;
+``pipeline`` is ``pft run``.
 """
 
 from private_finetuning.deploy.local_runner.pipeline import run_pipeline

@@ -61,8 +61,8 @@ def _pump(stream: IO[str], prefix: str, sink: IO[str], lock: threading.Lock) -> 
 
 
 class Controller:
-    def __init__(self, pods: list[Pod], state: Path, engine: ContainerRuntime, node: Node, poll_s: float = 0.2):
-        self.state, self.engine, self.node, self.poll_s = state, engine, node, poll_s
+    def __init__(self, pods: list[Pod], state: Path, runtime: ContainerRuntime, node: Node, poll_s: float = 0.2):
+        self.state, self.runtime, self.node, self.poll_s = state, runtime, node, poll_s
         (state / "logs").mkdir(parents=True, exist_ok=True)
         width = max((len(p.name) for p in pods), default=0)
         self.prefixes = {p.name: f"[{p.name:<{width}}]" for p in pods}
@@ -113,7 +113,7 @@ class Controller:
             run.log_path.write_text("")
         prepare_volumes(run.pod)
         try:
-            run.container = self.engine.start(run.pod, run.attempts)
+            run.container = self.runtime.start(run.pod, run.attempts)
         except ConfigError as exc:
             run.container = None
             self._finish(run, "failed", f"CreateContainerConfigError: {exc}")
@@ -158,7 +158,7 @@ class Controller:
         ``on_tick`` is called on every pass, e.g. to ask the inference server its first question as
         soon as it is ready while later Jobs (the export) still run."""
         log.info("creating %d jobs and %d deployments together, as a cluster would, on a node of %s (%s engine)",
-                 len(self.jobs), len(self.services), self.node, self.engine.name)
+                 len(self.jobs), len(self.services), self.node, self.runtime.name)
         while any(r.status in ("pending", "running") for r in self.jobs):
             self.raise_if_interrupted()
             self.schedule()
@@ -274,9 +274,10 @@ class Controller:
         self.write_records()
 
     def write_records(self) -> Path:
-        """Every attempt of every pod (exit code, reason, peak memory, how the engine ran it), as JSON."""
+        """Every attempt of every pod (exit code, reason, peak memory, how the runtime ran it), as JSON (its
+        ``engine`` key is the ``--engine`` the run was given)."""
         path = self.state / "runs.json"
-        path.write_text(json.dumps({"engine": self.engine.name, "node": {"cpu_millis": self.node.cpu,
+        path.write_text(json.dumps({"engine": self.runtime.name, "node": {"cpu_millis": self.node.cpu,
                                                                          "memory": self.node.memory},
                                     "attempts": [rec for run in self.runs for rec in run.records]}, indent=2))
         return path

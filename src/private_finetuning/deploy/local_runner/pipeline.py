@@ -1,4 +1,4 @@
-"""``pft run``: render an overlay, run its workloads on an engine, then ask or serve the model."""
+"""``pft run``: render an overlay, run its workloads on a container runtime, then ask or serve the model."""
 
 from __future__ import annotations
 
@@ -81,9 +81,9 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
     for pod in pods:
         log.info("  %s/%s: %s (requests %s; volumes: %s)", pod.kind, pod.name, " ".join([*pod.command, *pod.args]),
                  pod.requests, ", ".join(f"{claim} at {path}" for claim, path in pod.volumes.items()) or "none")
-    runner = make_runtime(engine, str(state))
-    runner.check(pods)
-    controller = Controller(pods, state, runner, node or Node.this_machine())
+    runtime = make_runtime(engine, str(state))
+    runtime.check(pods)
+    controller = Controller(pods, state, runtime, node or Node.this_machine())
     start = time.monotonic()
     ok, reason = False, "pipeline finished"
     try:
@@ -102,7 +102,7 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
             finally:
                 controller.stop_all(reason, STOP_GRACE_S)
     finally:
-        runner.close()
+        runtime.close()
     log.info("pipeline %s in %s", "succeeded" if ok else "FAILED", format_duration(time.monotonic() - start))
     return ok
 
