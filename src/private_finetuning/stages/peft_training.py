@@ -74,9 +74,7 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     status.update(phase="waiting-for-inputs", detail="dataset, base-model, base-tokenizer")
     inputs = TrainingInputs(wait_for_output(cfg, a.datasets, DATASET), wait_for_output(cfg, a.base_model, BASE_MODEL),
                             wait_for_output(cfg, a.base_tokenizer, BASE_TOKENIZER))
-    run_id = adapter_fingerprint(cfg, {"dataset": inputs.dataset.manifest.digest,
-                                       "base_model": inputs.base.manifest.digest,
-                                       "base_tokenizer": inputs.tokenizer.manifest.digest})
+    run_id = adapter_fingerprint(cfg, {key: a.manifest.digest for key, a in inputs.by_key().items()})
     if already_published(ctx, a.output, ARTIFACT, KIND, run_id):
         return
     run = TrainingRun(cfg, inputs, out=a.output, run_id=run_id, log=ctx.log, status=status, dist=dist, stage=STAGE,
@@ -99,7 +97,7 @@ def refuse_stale_inputs(ctx: StageContext, inputs: TrainingInputs, checkpoint_di
     A re-run starts every stage at once: a relocation still publishing this run's dataset or base model
     when training first looked left training on the previous run's. Its adapter would never be the one the
     evaluation waits for; the next pod trains on what is current instead."""
-    used = {"dataset": inputs.dataset, "base_model": inputs.base, "base_tokenizer": inputs.tokenizer}
+    used = inputs.by_key()
     now = published_digests(training_input_volumes(ctx.args))
     moved = [used[key].manifest.kind for key in used if now is not None and now[key] != used[key].manifest.digest]
     if moved:
@@ -112,8 +110,7 @@ def refuse_stale_inputs(ctx: StageContext, inputs: TrainingInputs, checkpoint_di
 def publish(ctx: StageContext, result: TrainingResult, run_id: str, inputs: TrainingInputs) -> None:
     out = ctx.args.output
     provenance = {name: {"kind": a.manifest.kind, "name": a.manifest.name, "digest": a.manifest.digest}
-                  for name, a in (("dataset", inputs.dataset), ("base_model", inputs.base),
-                                  ("base_tokenizer", inputs.tokenizer))}
+                  for name, a in inputs.by_key().items()}
     with ArtifactWriter(out, ARTIFACT, kind=KIND, stage=STAGE,
                         keep_versions=ctx.config.artifacts.keep_versions) as writer:
         assert writer.path is not None

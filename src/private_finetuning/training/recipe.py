@@ -79,6 +79,10 @@ class TrainingInputs:
     base: Artifact
     tokenizer: Artifact
 
+    def by_key(self) -> dict[str, Artifact]:
+        """The three keyed as the adapter manifest's ``source`` names them (and the fingerprint reads them)."""
+        return {"dataset": self.dataset, "base_model": self.base, "base_tokenizer": self.tokenizer}
+
 
 @dataclass(frozen=True)
 class TrainingResult:
