@@ -547,15 +547,21 @@ def load_config(path: str | Path) -> PipelineConfig:
 
 def parse_config(text: str, source: str = "<config>") -> PipelineConfig:
     """Validate YAML text; a ConfigError names ``source:line``, the dotted key and what is wrong with it."""
+    loader: yaml.SafeLoader | None = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # reads the text at once: an unprintable character fails here
+        # One parse: the node tree gives each key's line, the same tree constructed gives the data.
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply to be a pipeline config") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     lines = _key_lines(node)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{source}:1: <top level>: expected a mapping, got {type(data).__name__}")
