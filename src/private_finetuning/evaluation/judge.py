@@ -19,6 +19,7 @@ from private_finetuning.data.heldout import pick_questions
 from private_finetuning.errors import InputDataError, SourceError
 from private_finetuning.evaluation.gates import check_gates
 from private_finetuning.evaluation.metrics import fact_accuracy_by_kind, score_answers
+from private_finetuning.evaluation.pages import percent
 from private_finetuning.evaluation.report import (
     MODELS,
     AnswerScores,
@@ -143,11 +144,11 @@ class Judge:
     def _log_scores(self, kind: str, m: ModelScores) -> None:
         trained = m.trained.fact_accuracy if m.trained else None
         self.log.info("%s: fact accuracy %s held-out, %s trained; token F1 %.3f, answer perplexity %.2f, %.2fs per "
-                      "answer", kind, _pct(m.fact_accuracy), _pct(trained), m.value("token_f1") or 0.0,
+                      "answer", kind, percent(m.fact_accuracy), percent(trained), m.value("token_f1") or 0.0,
                       m.answer_perplexity, m.latency_s_per_answer)
         if m.held_out.by_fact:
             self.log.info("%s: held-out fact accuracy by kind of fact: %s (standard error of the whole %s on %d "
-                          "questions)", kind, ", ".join(f"{k} {_pct(v)}" for k, v in m.held_out.by_fact.items()),
+                          "questions)", kind, ", ".join(f"{k} {percent(v)}" for k, v in m.held_out.by_fact.items()),
                           _stderr(m.fact_accuracy, m.questions), m.questions)
 
     def judge(self) -> EvaluationReport:
@@ -194,7 +195,3 @@ def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: Ques
 def _stderr(accuracy: float | None, n: int) -> str:
     """The binomial standard error of an accuracy measured on ``n`` questions, in points."""
     return "n/a" if accuracy is None or n < 2 else f"±{100 * (accuracy * (1 - accuracy) / n) ** 0.5:.1f} points"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"

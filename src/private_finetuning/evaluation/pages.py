@@ -13,10 +13,17 @@ from pathlib import Path
 from private_finetuning.evaluation.report import MODELS, EvaluationReport, metric_rows
 
 
+def percent(value: float | None) -> str:
+    """A share as the report, the log and the model card show it: 35.4%, or n/a when not measured."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _fmt(value: float | None, pct: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.1%}" if pct else f"{value:.3f}"
+    return percent(value) if pct else number(value)
 
 
 def render_markdown(report: EvaluationReport) -> str:

@@ -11,17 +11,10 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from private_finetuning.evaluation.metrics import METRICS
+from private_finetuning.evaluation.pages import number, percent
 
 if TYPE_CHECKING:
     from private_finetuning.evaluation.report import EvaluationReport
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _evaluation_table(report: EvaluationReport | None) -> list[str]:
@@ -30,12 +23,12 @@ def _evaluation_table(report: EvaluationReport | None) -> list[str]:
     columns = [m for m in METRICS if m.card]
     rows = ["| model | " + " | ".join(m.label for m in columns) + " |", "|---|" + "---|" * len(columns)]
     for kind, scores in report.metrics.items():
-        cells = [(_pct if m.percent else _num)(scores.value(m.name)) for m in columns]
+        cells = [percent(scores.value(m.name)) if m.percent else number(scores.value(m.name), 2) for m in columns]
         rows.append(f"| {kind.replace('_', '-')} | " + " | ".join(cells) + " |")
     f = report.forgetting
-    rows += ["", f"Forgetting on general text: KL {_num(f.kl, 3)} nats, perplexity "
-                 f"{_pct(f.general_perplexity_increase)} higher than the base model's.", ""]
-    verdicts = [f"{g.gate} {'passed' if g.passed else 'FAILED'} ({_num(g.value, 3)} vs {g.threshold})"
+    rows += ["", f"Forgetting on general text: KL {number(f.kl)} nats, perplexity "
+                 f"{percent(f.general_perplexity_increase)} higher than the base model's.", ""]
+    verdicts = [f"{g.gate} {'passed' if g.passed else 'FAILED'} ({number(g.value)} vs {g.threshold})"
                 for g in report.gates]
     rows.append("Gates: " + ("; ".join(verdicts) if verdicts else "none configured."))
     return rows
@@ -50,8 +43,8 @@ def _export_checks(roundtrip: dict[str, Any]) -> list[str]:
                      "answers to held-out questions equal to the merged model's.")
     if roundtrip.get("quantized_type"):
         lines.append(f"- GGUF {roundtrip['quantized_type'].upper()}: {roundtrip['quantized_equal']}/{n} answers equal "
-                     f"to the merged model's; fact accuracy {_pct(roundtrip.get('quantized_fact_accuracy'))} against "
-                     f"{_pct(roundtrip.get('merged_fact_accuracy'))}.")
+                     f"to the merged model's; fact accuracy {percent(roundtrip.get('quantized_fact_accuracy'))} "
+                     f"against {percent(roundtrip.get('merged_fact_accuracy'))}.")
     return lines
 
 
