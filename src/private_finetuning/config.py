@@ -255,6 +255,16 @@ class LoraSettings(Section):
 
 
 
+class DistributedConfig(Section):
+    """Training over several processes (the distributed overlay's TrainJob, or torchrun; docs/cluster.md)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How the ranks hold the model: `ddp`, a whole copy each, gradients averaged (fastest while the base fits one
+    device); `fsdp`, each decoder layer's weights sharded over the ranks and gathered layer by layer (FSDP2), for a
+    base that does not fit one device. Ignored on one process.
+    """
+
+
 class TrainingConfig(Section):
     """model-peft-server: LoRA training (docs/training.md)."""
 
@@ -328,6 +338,8 @@ class TrainingConfig(Section):
     """torch.compile the model (slower to start; pays off on long GPU runs)."""
     shared_prefix: bool = True
     """Compute the system prompt every example starts with once per batch instead of once per example."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """Several processes: how the model is spread over them."""
 
     def check(self, where: str) -> None:
         if self.max_steps is not None and self.max_steps <= 0:

@@ -412,7 +412,7 @@ def test_two_process_torchrun_makes_the_same_kind_of_adapter(tmp_path: Path, vol
                              "-m", "private_finetuning.stages.peft_training", *train_argv(config, double)],
                             capture_output=True, text=True, timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "data-parallel training: rank 1 of 2" in result.stderr
+    assert "data-parallel training (ddp): rank 1 of 2" in result.stderr
     one = open_artifact(single["fine-tuned-model"], "adapter", "lora-adapter")
     two = open_artifact(double["fine-tuned-model"], "adapter", "lora-adapter")
     assert {f.path for f in one.manifest.files} == {f.path for f in two.manifest.files}

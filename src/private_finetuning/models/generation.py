@@ -47,6 +47,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              eos_token_id=eos_token_ids, pad_token_id=pad_id, streamer=streamer, max_time=max_time,
                              stopping_criteria=StoppingCriteriaList([_AllRows(c) for c in stopping_criteria or []]),
+                             synced_gpus=False,  # one process generates alone, also for an FSDP-trained model
                              **sampling)
     results = []
     stop = set(eos_token_ids)

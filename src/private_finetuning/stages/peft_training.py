@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from private_finetuning.stages.common import (
     wait_for_output,
 )
 from private_finetuning.telemetry.status_server import StageStatus, StatusServer
-from private_finetuning.training.distributed import Distributed, init_distributed
+from private_finetuning.training.distributed import Distributed, init_distributed, launch_node_workers, node_workers
 from private_finetuning.training.recipe import TrainingInputs, TrainingResult, TrainingRun
 
 STAGE, ARTIFACT, KIND = ADAPTER.producer, ADAPTER.artifact, ADAPTER.kind
@@ -44,9 +46,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(ctx: StageContext) -> None:
     status = StageStatus(STAGE)
-    dist = init_distributed()
+    dist = init_distributed(ctx.config.training.distributed.strategy)
     if dist.enabled:
-        ctx.log.info("data-parallel training: rank %d of %d", dist.rank, dist.world_size)
+        ctx.log.info("data-parallel training (%s): rank %d of %d", dist.strategy, dist.rank, dist.world_size)
     server = None
     try:
         if dist.is_main:
@@ -114,7 +116,7 @@ def publish(ctx: StageContext, result: TrainingResult, run_id: str, inputs: Trai
     with ArtifactWriter(out, ARTIFACT, kind=KIND, stage=STAGE,
                         keep_versions=ctx.config.artifacts.keep_versions) as writer:
         assert writer.path is not None
-        result.model.save_pretrained(writer.path, safe_serialization=True)
+        result.model.save_pretrained(writer.path, safe_serialization=True, state_dict=result.weights)
         (writer.path / "README.md").unlink(missing_ok=True)  # peft's hub model card: nothing to say here
         (writer.path / "training_config.json").write_text(json.dumps({
             "pipeline": ctx.config.name, "training": ctx.config.training.model_dump(),
@@ -126,6 +128,9 @@ def publish(ctx: StageContext, result: TrainingResult, run_id: str, inputs: Trai
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if node_workers(os.environ):  # a Trainer node of several processes: this one only starts them
+        args = sys.argv[1:] if argv is None else list(argv)
+        return launch_node_workers("private_finetuning.stages.peft_training", args, os.environ)
     return run_stage(STAGE, __doc__ or STAGE, _run, _arguments, argv)
 
 

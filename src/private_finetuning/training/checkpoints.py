@@ -43,41 +43,43 @@ class TrainingState:
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tensors to safetensors, the rest to JSON. The state is keyed by parameter name (``torch.distributed.
+    checkpoint``'s form, the same with or without FSDP); names have dots, the state's keys none."""
     import torch
 
     tensors, scalars = {}, {}
-    for index, values in state["state"].items():
+    for name, values in state["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous().cpu()
+                tensors[f"optimizer.{name}.{key}"] = value.detach().contiguous().cpu()
             else:
-                scalars[f"{index}.{key}"] = value
+                scalars[f"{name}.{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, tensor in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = tensor
-    for name, value in meta["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+    state: dict[str, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("optimizer."):
+            name, field_name = key.removeprefix("optimizer.").rsplit(".", 1)
+            state.setdefault(name, {})[field_name] = tensor
+    for key, value in meta["scalars"].items():
+        name, field_name = key.rsplit(".", 1)
+        state.setdefault(name, {})[field_name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(folder: Path, *, stage: str, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any,
-         state: TrainingState) -> None:
+def save(folder: Path, *, stage: str, run_id: str, weights: dict[str, Any], optimizer: dict[str, Any],
+         scheduler: Any, state: TrainingState) -> None:
+    """Write a checkpoint from whole trainable weights and optimizer state keyed by parameter name
+    (``distributed.trainable_state``/``optimizer_state``, gathered from every rank under FSDP)."""
     import torch
-    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     with ArtifactWriter(folder, ARTIFACT, kind=KIND, stage=stage, keep_versions=0) as writer:
         assert writer.path is not None
-        adapter = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(adapter, writer.path / "adapter.safetensors")
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, writer.path / "adapter.safetensors")
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
         opt_tensors["rng.torch"] = torch.get_rng_state()
         save_file(opt_tensors, writer.path / "optimizer.safetensors")
         (writer.path / "state.json").write_text(json.dumps({
@@ -88,10 +90,13 @@ def save(folder: Path, *, stage: str, run_id: str, model: PeftModel, optimizer: 
 
 
 def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any) -> TrainingState | None:
-    """Restore the latest checkpoint of ``run_id`` into model/optimizer/scheduler; None if there is none."""
+    """Restore the latest checkpoint of ``run_id`` into model/optimizer/scheduler; None if there is none.
+
+    Every rank reads it (the volume is shared) and takes its own shard under FSDP."""
     import torch
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
+
+    from private_finetuning.training.distributed import load_state
 
     manifest = current_version(folder, ARTIFACT)
     if manifest is None:
@@ -103,10 +108,10 @@ def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, schedul
         return None
     if artifact.manifest.source.get("run_id") != run_id:
         return None
-    set_peft_model_state_dict(model, load_file(artifact.file("adapter.safetensors")))
     state = json.loads(artifact.file("state.json").read_text())
     tensors = load_file(artifact.file("optimizer.safetensors"))
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+    load_state(model, optimizer, load_file(artifact.file("adapter.safetensors")),
+               _unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     return TrainingState(**state["progress"])

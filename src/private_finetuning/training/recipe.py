@@ -40,6 +40,7 @@ from private_finetuning.training.batching import (
     summed_loss,
 )
 from private_finetuning.training.checkpoints import TrainingState
+from private_finetuning.training.distributed import optimizer_state, trainable_state
 from private_finetuning.training.lora import apply_lora, trainable_parameters
 from private_finetuning.training.schedule import CHECK_EVERY, SPEED_WINDOW, fit_budget, plan
 
@@ -91,6 +92,7 @@ class TrainingResult:
     model: PeftModel
     metadata: dict[str, Any]  # the adapter manifest's metadata: steps, losses, speed, device (docs/artifacts.md)
     tensorboard_dir: Path
+    weights: dict[str, Any]  # the trained (LoRA) weights, whole: the model's own are FSDP shards under fsdp
 
 
 def lr_lambda(cfg: TrainingConfig, total_steps: Callable[[], int]) -> Callable[[int], float]:
@@ -277,6 +279,7 @@ class TrainingRun:
         import torch
 
         cfg, dist = self.cfg, self.dist
+        forward = dist.wrap(self.model, self.device.name)  # first: FSDP replaces the parameters with shards
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg), lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay, fused=self.device.name == "cuda")
@@ -284,7 +287,6 @@ class TrainingRun:
         self.schedule = plan(cfg, len(self.groups), steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lr_lambda(cfg, lambda: self.schedule.total_steps))
-        forward = dist.wrap(self.model, self.device.name)
         self.forward = torch.compile(forward) if cfg.compile else forward
         # Two forward calls per step (prefix, then suffixes) suit neither DDP's reducer nor a compiled graph.
         self.share_prefix = cfg.shared_prefix and dist.world_size == 1 and not cfg.compile
@@ -339,7 +341,7 @@ class TrainingRun:
         Termination.deferred = True  # a SIGTERM now saves a checkpoint at the end of the step (below)
         while state.step < self.total_steps and not self._run_epoch():
             pass
-        if state.step > self.steps_at_start and self.dist.is_main:
+        if state.step > self.steps_at_start and (self.dist.is_main or self.dist.sharded):
             # What follows (eval loss, samples, publishing) is not resumable: a SIGTERM from here on stops at
             # once, and the next pod starts from this last step instead of repeating those since the last checkpoint.
             self._save_checkpoint()
@@ -435,7 +437,9 @@ class TrainingRun:
         self.status.update(step=state.step, epoch=state.epoch + 1, loss=round(step_loss, 5), learning_rate=lr,
                            tokens_per_s=round(self.tokens_this_run / elapsed, 1),
                            eta_s=round((self.total_steps - state.step) * elapsed / max(1, self.meter.done), 1))
-        if self.cfg.eval_every_steps and state.step % self.cfg.eval_every_steps == 0 and self.dist.is_main:
+        # Under FSDP every forward gathers weights from all ranks, so all of them evaluate (to the same loss).
+        if self.cfg.eval_every_steps and state.step % self.cfg.eval_every_steps == 0 and (
+                self.dist.is_main or self.dist.sharded):
             eval_loss = evaluate_loss(self.model, self.device, self.eval_set, self.pad_id, self.cfg.batch_size)
             self.writer.add_scalar("eval/loss", eval_loss, state.step)
             self.log.info("step %d: eval loss %.4f", state.step, eval_loss)
@@ -456,7 +460,7 @@ class TrainingRun:
         state, dist = self.state, self.dist
         stopping = dist.sum(float(Termination.requested)) > 0  # every rank stops at the same step
         due = state.step < self.total_steps and state.step % self.cfg.checkpoint_every_steps == 0
-        if (due or stopping) and dist.is_main:
+        if (due or stopping) and (dist.is_main or dist.sharded):  # FSDP: every rank gives its shard
             self.writer.flush()  # the curve up to the checkpoint survives the pod; a resume purges what follows
             self._save_checkpoint()
         if stopping:
@@ -464,14 +468,17 @@ class TrainingRun:
                               "resumes from it")
 
     def _save_checkpoint(self) -> None:
-        checkpoints.save(self.checkpoint_dir, stage=self.stage, run_id=self.run_id, model=self.model,
-                         optimizer=self.optimizer, scheduler=self.scheduler, state=self.state)
+        weights, optim = trainable_state(self.model), optimizer_state(self.model, self.optimizer)
+        if self.dist.is_main:
+            checkpoints.save(self.checkpoint_dir, stage=self.stage, run_id=self.run_id, weights=weights,
+                             optimizer=optim, scheduler=self.scheduler, state=self.state)
 
     # --- finish ---------------------------------------------------------------------------------------
 
     def finish(self) -> TrainingResult | None:
         """Eval loss, samples and projector in TensorBoard; what to publish (None on ranks other than 0)."""
         elapsed = time.monotonic() - self.start
+        weights = self.dist.consolidate(self.model)  # every rank: under FSDP it gathers the shards
         if not self.dist.is_main:  # rank 0 evaluates and publishes; the others are done
             self.dist.barrier()
             return None
@@ -493,7 +500,7 @@ class TrainingRun:
                     "tokens_per_s": round(speed, 1), "tokens_seen": state.tokens_seen,
                     "trainable_parameters": self.trainable, "device": self.device.description,
                     "projector_tokens": projected, "world_size": self.dist.world_size}
-        return TrainingResult(self.model, metadata, self.tensorboard_dir)
+        return TrainingResult(self.model, metadata, self.tensorboard_dir, weights)
 
     def write_samples(self) -> None:
         """A few eval questions answered by the adapter, as a TensorBoard text table (never the pod log)."""
