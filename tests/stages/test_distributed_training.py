@@ -57,6 +57,16 @@ def adapter_tensors(volume: Path) -> dict:
     return load_file(open_artifact(volume, "adapter", "lora-adapter").file("adapter_model.safetensors"))
 
 
+def layouts() -> list[tuple[str, int, int]]:
+    """(strategy, nodes, processes per node) to compare with one process. On GPUs every rank needs a GPU of its
+    own, and a pod's ranks take one each by LOCAL_RANK: there (scripts/gpu-check-fsdp.sh) one node of two."""
+    import torch
+
+    if torch.cuda.is_available():
+        return [("ddp", 1, 2), ("fsdp", 1, 2)]
+    return [("ddp", 2, 1), ("fsdp", 2, 1), ("fsdp", 1, 2)]
+
+
 def test_trainer_nodes_train_the_adapter_one_process_trains_with_ddp_and_with_fsdp(
         tmp_path: Path, inputs: dict[str, Path]) -> None:
     import torch
@@ -64,23 +74,26 @@ def test_trainer_nodes_train_the_adapter_one_process_trains_with_ddp_and_with_fs
     from private_finetuning.stages import peft_training
 
     single = {**inputs, "fine-tuned-model": tmp_path / "single"}
-    config = write_config(tmp_path / "one.yaml", {"training": {**TRAINING, "gradient_accumulation_steps": 2}})
+    fp32 = {**TRAINING, "precision": "fp32"}  # bf16 on a GPU would round differently per layout
+    config = write_config(tmp_path / "one.yaml", {"training": {**fp32, "gradient_accumulation_steps": 2}})
     assert peft_training.main(train_argv(config, single)) == 0
     expected = adapter_tensors(single["fine-tuned-model"])
-    for strategy in ("ddp", "fsdp"):
-        volumes = {**inputs, "fine-tuned-model": tmp_path / strategy}
+    for strategy, nodes, per_node in layouts():
+        what = f"{strategy}, {nodes} node(s) of {per_node}"
+        volumes = {**inputs, "fine-tuned-model": tmp_path / f"{strategy}-{nodes}x{per_node}"}
         config = write_config(tmp_path / f"{strategy}.yaml",
-                              {"training": {**TRAINING, "distributed": {"strategy": strategy}}})
-        results = finish(start_nodes(config, volumes))
-        assert [code for code, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
-        assert f"data-parallel training ({strategy}): rank 1 of 2" in results[1][1]
-        assert "published lora-adapter" in results[0][1] and "published" not in results[1][1]  # rank 0 alone
+                              {"training": {**fp32, "distributed": {"strategy": strategy}}})
+        results = finish(start_nodes(config, volumes, nodes, per_node))
+        assert [code for code, _ in results] == [0] * nodes, what + "".join(err[-3000:] for _, err in results)
+        logs = "".join(err for _, err in results)
+        assert f"data-parallel training ({strategy}): rank 1 of 2" in logs
+        assert logs.count("published lora-adapter") == 1  # rank 0 alone
         adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
         assert adapter.manifest.metadata["world_size"] == 2 and adapter.manifest.metadata["steps"] == 6
         got = adapter_tensors(volumes["fine-tuned-model"])
         assert got.keys() == expected.keys()
         for name, tensor in expected.items():  # same sums in another order: float rounding only
-            torch.testing.assert_close(got[name], tensor, rtol=1e-3, atol=1e-4, msg=f"{strategy}: {name}")
+            torch.testing.assert_close(got[name], tensor, rtol=1e-3, atol=1e-4, msg=f"{what}: {name}")
 
 
 def test_sigterm_to_one_fsdp_rank_stops_both_at_one_step_with_a_checkpoint_and_they_resume(

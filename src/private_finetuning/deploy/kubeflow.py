@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning.deploy.manifests import APP_DIR, render
+from private_finetuning.errors import ConfigError
 
 # Which Job consumes which Jobs' artifacts (the artifact contract's producers and consumers).
 DEPENDS_ON = {
@@ -71,7 +72,11 @@ def _apply_pod_settings(task: Any, pod: dict[str, Any]) -> None:
 def build_pipeline(overlay: Path) -> Any:
     from kfp import dsl
 
-    jobs = {o["metadata"]["name"]: o for o in render(overlay) if o["kind"] == "Job"}
+    rendered = render(overlay)
+    if any(o["kind"] == "TrainJob" for o in rendered):
+        raise ConfigError(f"{overlay}: its training is a Kubeflow Trainer TrainJob, which is not a Kubeflow Pipelines "
+                          "step; compile the cpu or gpu overlay, or apply this one with kubectl (docs/cluster.md)")
+    jobs = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "Job"}
     order = sorted(jobs, key=lambda n: (n in DEPENDS_ON, n == "model-evaluation", n))
 
     @dsl.pipeline(name="private-fine-tuning",

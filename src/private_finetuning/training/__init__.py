@@ -2,6 +2,6 @@
 
 ``lora`` (adapters), ``batching`` (epochs by fact, length-grouped batches, the weighted loss),
 ``shared_prefix`` (the system prompt computed once per batch), ``schedule`` (how many steps fit the
-budget), ``checkpoints`` (resumable training state), ``distributed`` (torchrun / PyTorchJob ranks),
+budget), ``checkpoints`` (resumable training state), ``distributed`` (torchrun / Kubeflow Trainer ranks, DDP or FSDP),
 ``forgetting`` (the optional KL term to the base model).
 """

@@ -39,3 +39,14 @@ def test_pipeline_compiles_with_the_manifests_images_args_and_volumes(tmp_path: 
     after = {t["taskInfo"]["name"]: set(t.get("dependentTasks", [])) for t in tasks.values()}
     assert after["model-evaluation"] == {"model-peft", "model-reference-relocation"}
     assert after["model-peft"] == {"dataset-relocation", "model-relocation", "tokenizer-relocation"}
+
+
+def test_an_overlay_whose_training_is_a_trainjob_is_not_compiled_without_its_training(tmp_path: Path) -> None:
+    import pytest
+
+    from private_finetuning.deploy.kubeflow import compile_pipeline
+    from private_finetuning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="its training is a Kubeflow Trainer TrainJob"):
+        compile_pipeline(REPO / "k8s" / "overlays" / "distributed", tmp_path / "p.yaml")
+    assert not (tmp_path / "p.yaml").exists()

@@ -25,21 +25,61 @@ def rendered(request: pytest.FixtureRequest) -> list[dict]:
     return render(request.param)
 
 
+TRAINER_CRDS = SCHEMAS / "kubeflow-trainer"
+TRAINER_KINDS = {"TrainJob": "trainjobs", "TrainingRuntime": "trainingruntimes",
+                 "ClusterTrainingRuntime": "clustertrainingruntimes"}
+
+
 def pod_templates(obj: dict) -> list[dict]:
-    """The pod templates of a workload: one for a Job or Deployment, one per replica type of a PyTorchJob."""
-    if obj["kind"] == "PyTorchJob":
-        return [spec["template"] for spec in obj["spec"]["pytorchReplicaSpecs"].values()]
+    """The pod templates of a workload: one for a Job or Deployment, one per replicated Job of a TrainingRuntime
+    (a TrainJob has none of its own: its runtime's, with the TrainJob's image, command and args)."""
+    if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
+        return [job["template"]["spec"]["template"] for job in obj["spec"]["template"]["spec"]["replicatedJobs"]]
     return [obj["spec"]["template"]] if obj["kind"] in ("Job", "Deployment") else []
+
+
+def strict(schema: dict) -> dict:
+    """An openAPIV3Schema as the API server applies it with field validation Strict: no unknown field anywhere
+    (except where the CRD keeps unknown fields on purpose)."""
+    if isinstance(schema, dict):
+        schema = {key: strict(value) for key, value in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [strict(item) for item in schema]
+    return schema
+
+
+def trainer_schema(kind: str) -> dict:
+    path = TRAINER_CRDS / f"trainer.kubeflow.org_{TRAINER_KINDS[kind]}.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the Kubeflow Trainer CRDs are read from ../shared/schemas/kubeflow-trainer")
+    crd = yaml.safe_load(path.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    return strict(version["schema"]["openAPIV3Schema"])
+
+
+def validate_trainer_object(obj: dict) -> None:
+    """A TrainJob or training runtime against its CRD's schema (strict), and its pod templates against Kubernetes'."""
+    import jsonschema
+    import kubernetes_validate
+
+    jsonschema.validate(obj, trainer_schema(obj["kind"]))
+    for template in pod_templates(obj):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                      "template": template}, K8S_VERSION, strict=True)
+    for job in obj["spec"].get("template", {}).get("spec", {}).get("replicatedJobs", []):
+        kubernetes_validate.validate({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "t"},
+                                      "spec": job["template"]["spec"]}, K8S_VERSION, strict=True)
 
 
 def test_every_object_validates_against_the_kubernetes_schema(rendered: list[dict]) -> None:
     import kubernetes_validate
 
     for obj in rendered:
-        if obj["apiVersion"].startswith("kubeflow.org/"):  # a CRD: validate what it runs, its pod templates
-            for template in pod_templates(obj):
-                kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                                              "template": template}, K8S_VERSION, strict=True)
+        if obj["kind"] in TRAINER_KINDS:
+            validate_trainer_object(obj)
             continue
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -179,12 +219,6 @@ def test_network_policies_deny_all_egress_and_admit_only_the_inference_server(re
     assert {"model-inference-server", "tensorboard"} <= pods
 
 
-def test_training_ranks_may_resolve_each_other_through_the_cluster_dns() -> None:
-    rendered = render(REPO / "k8s" / "overlays" / "distributed")
-    (ranks,) = [o for o in rendered if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "allow-training-ranks"]
-    assert any(rule["to"] == [DNS] for rule in ranks["spec"]["egress"])
-
-
 def test_optional_autoscaler_targets_the_inference_deployment() -> None:
     rendered = render(REPO / "k8s" / "overlays" / "autoscaled")
     (hpa,) = [o for o in rendered if o["kind"] == "HorizontalPodAutoscaler"]
@@ -200,21 +234,81 @@ def test_inference_has_a_disruption_budget(rendered: list[dict]) -> None:
         {"app.kubernetes.io/name": "model-inference-server"}]
 
 
-def test_distributed_overlay_runs_the_peft_stage_as_a_pytorchjob() -> None:
-    base = {o["metadata"]["name"]: o for o in render(REPO / "k8s" / "overlays" / "cpu")}
-    rendered = render(REPO / "k8s" / "overlays" / "distributed")
-    names = {(o["kind"], o["metadata"]["name"]) for o in rendered}
-    assert ("PyTorchJob", "model-peft") in names and ("Job", "model-peft") not in names
-    job = next(o for o in rendered if o["kind"] == "PyTorchJob")
-    single = base["model-peft"]["spec"]["template"]["spec"]
-    for replica in job["spec"]["pytorchReplicaSpecs"].values():
-        pod = replica["template"]["spec"]
-        container = pod["containers"][0]
-        assert container["name"] == "pytorch"  # how the Training Operator finds it
-        assert container["image"] == "model-peft-server"
-        assert container["args"] == single["containers"][0]["args"]
-        assert pod["volumes"] == single["volumes"]  # same PVCs, same generated ConfigMap
+def distributed(overlay: str = "distributed") -> tuple[dict, dict, list[dict]]:
+    rendered = render(REPO / "k8s" / "overlays" / overlay)
+    (job,) = [o for o in rendered if o["kind"] == "TrainJob"]
+    (runtime,) = [o for o in rendered if o["kind"] == "TrainingRuntime"]
+    return job, runtime, rendered
+
+
+def test_distributed_overlay_runs_the_peft_stage_as_a_trainjob_like_the_single_pod_job() -> None:
+    single = next(o for o in render(REPO / "k8s" / "overlays" / "cpu") if o["metadata"]["name"] == "model-peft")
+    job, runtime, rendered = distributed()
+    assert ("Job", "model-peft") not in {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    ref = job["spec"]["runtimeRef"]
+    assert (ref["kind"], ref["name"]) == ("TrainingRuntime", runtime["metadata"]["name"])
+    trainer, pod = job["spec"]["trainer"], single["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert (trainer["image"], trainer["command"], trainer["args"]) == (container["image"], container["command"],
+                                                                       container["args"])
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 1  # the one place that sets them
+    assert job["spec"]["activeDeadlineSeconds"] == single["spec"]["activeDeadlineSeconds"]
+    assert "numNodes" not in json.dumps(runtime["spec"]["template"]) and "numProcPerNode" not in json.dumps(runtime)
+    (node_job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    node = node_job["template"]["spec"]["template"]["spec"]
+    assert node["containers"][0]["name"] == "node"  # where Trainer puts the PET_* variables and the TrainJob's image
+    assert node["volumes"] == pod["volumes"]  # same PVCs, same generated ConfigMap
+    assert node["containers"][0]["volumeMounts"] == container["volumeMounts"]
+    assert node["terminationGracePeriodSeconds"] == pod["terminationGracePeriodSeconds"]
+    rules = [{**r, "onExitCodes": {**r["onExitCodes"], "containerName": "node"}} if "onExitCodes" in r else r
+             for r in single["spec"]["podFailurePolicy"]["rules"]]
+    assert node_job["template"]["spec"]["podFailurePolicy"]["rules"] == rules  # exit 5 a new pod, exit 2 fails
+    assert runtime["spec"]["template"]["spec"]["failurePolicy"]["rules"][0]["action"] == "FailJobSet"
     assert {o["spec"]["accessModes"][0] for o in rendered if o["kind"] == "PersistentVolumeClaim"} == {"ReadWriteMany"}
+
+
+def test_training_ranks_reach_each_other_and_the_cluster_dns_and_nothing_else() -> None:
+    job, _, rendered = distributed()
+    (ranks,) = [o for o in rendered if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "allow-training-ranks"]
+    own = {"podSelector": {"matchLabels": {"jobset.sigs.k8s.io/jobset-name": job["metadata"]["name"]}}}
+    assert ranks["spec"]["podSelector"] == own["podSelector"]  # JobSet's label on the TrainJob's pods
+    assert ranks["spec"]["egress"] == [{"to": [own]}, {"to": [DNS], "ports": [{"port": 53, "protocol": "UDP"},
+                                                                              {"port": 53, "protocol": "TCP"}]}]
+    assert ranks["spec"]["ingress"] == [{"from": [own]}]
+
+
+def test_trainer_objects_are_checked_strictly_against_the_crds() -> None:
+    import jsonschema
+
+    job, runtime, _ = distributed()
+    for obj, spoil in ((job, lambda o: o["spec"]["trainer"].update(numProcsPerNode=1)),
+                       (job, lambda o: o["spec"]["trainer"].update(numNodes="two")),
+                       (runtime, lambda o: o["spec"]["mlPolicy"]["torch"].update(numProcPerNode=2))):
+        broken = json.loads(json.dumps(obj))
+        spoil(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, trainer_schema(broken["kind"]))
+
+
+def test_the_stock_torch_distributed_runtime_validates_and_names_its_container_node() -> None:
+    path = TRAINER_CRDS / "torch_distributed.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    stock = yaml.safe_load(path.read_text())
+    validate_trainer_object(stock)
+    _, runtime, _ = distributed()
+    names = [[c["name"] for c in t["spec"]["containers"]] for t in (*pod_templates(stock), *pod_templates(runtime))]
+    assert names == [["node"], ["node"]]
+
+
+def test_distributed_gpu_overlay_gives_every_node_a_gpu_and_tolerates_gpu_nodes() -> None:
+    job, runtime, rendered = distributed("distributed-gpu")
+    assert job["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == job["spec"]["trainer"][
+        "numProcPerNode"]
+    (template,) = pod_templates(runtime)
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in template["spec"]["tolerations"]
+    inference = next(o for o in rendered if (o["kind"], o["metadata"]["name"]) == ("Deployment", "model-inference"))
+    assert len(inference["spec"]["template"]["spec"]["containers"]) == 2  # the gpu overlay's vLLM serving stays
 
 
 def test_gpu_overlay_gives_training_evaluation_and_inference_a_gpu() -> None:

@@ -164,3 +164,14 @@ def test_sharing_a_volume_with_the_pods_group_never_follows_a_symlink(tmp_path: 
     assert {p: (p.stat().st_gid, p.stat().st_mode) for p in before} == before
     inside = (volume / "sub" / "weights.bin").stat()
     assert inside.st_gid == 10001 and inside.st_mode & 0o060 == 0o060
+
+
+def test_the_distributed_overlay_fits_at_once_on_two_cores(tmp_path: Path) -> None:
+    """Both training nodes and every other pod are placed together on a 2-CPU machine with 16 GiB (`pft run
+    --overlay k8s/overlays/distributed`): no node waits at the rendezvous behind a Deployment's request."""
+    node = Node.this_machine("2", "16Gi")
+    pods = pods_from_manifests(render(REPO / "k8s" / "overlays" / "distributed"), repo=REPO, state=tmp_path)
+    assert sum(p.gang == "model-peft" for p in pods) == 2
+    for pod in pods:
+        assert not node.unfit(pod.requests), f"{pod.name} would be Pending: {pod.requests}, free {node.free}"
+        node.bind(pod.name, pod.requests)

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from private_finetuning.deploy.local_runner.pods import Pod, prepare_volumes
 from private_finetuning.deploy.local_runner.runtimes import Container, ContainerRuntime
-from private_finetuning.deploy.local_runner.scheduling import Node, format_memory, pending_reason
+from private_finetuning.deploy.local_runner.scheduling import Node, Resources, format_memory, pending_reason
 from private_finetuning.errors import ConfigError
 from private_finetuning.telemetry.progress import format_duration
 
@@ -84,26 +84,41 @@ class Controller:
     # -- placing and starting pods ------------------------------------------------------------------
 
     def schedule(self) -> None:
-        """Bind every Pending pod that fits, in creation order, as kube-scheduler's fit check would."""
+        """Bind every Pending pod that fits, in creation order, as kube-scheduler's fit check would; the pending
+        nodes of a TrainJob all together or none, as a gang scheduler (Kueue, Volcano) would, so no rank waits
+        at the rendezvous for a peer that cannot start."""
         for run in (r for r in self.runs if r.status == "pending"):
-            never = self.node.never_fits(run.pod.requests)
+            gang = self._pending_gang(run)
+            requests = Resources(cpu=sum(r.pod.requests.cpu or 0 for r in gang),
+                                 memory=sum(r.pod.requests.memory or 0 for r in gang))
+            what = f"the {len(gang)} training nodes of TrainJob {run.pod.gang} together" if len(gang) > 1 else ""
+            never = self.node.never_fits(requests)
             if never:
-                self._finish(run, "failed", f"Unschedulable: requests ({run.pod.requests}) exceed the node "
-                                            f"({self.node}): {pending_reason(never)}")
-                log.error("%s failed: %s", run.pod.name, run.reason)
+                for member in gang:
+                    self._finish(member, "failed", f"Unschedulable: requests ({what or requests}) exceed the node "
+                                                   f"({self.node}): {pending_reason(never)}")
+                    log.error("%s failed: %s", member.pod.name, member.reason)
                 if run.pod.kind == "Job":
                     self._fail_others(run)
                 continue
-            short = self.node.unfit(run.pod.requests)
+            short = self.node.unfit(requests)
             if short:
                 reason = pending_reason(short)
                 if reason != run.pending_reason:
-                    log.info("%s is Pending: %s (requests %s; free on the node: %s)", run.pod.name, reason,
-                             run.pod.requests, self.node.free)
+                    log.info("%s is Pending: %s (requests %s%s; free on the node: %s)", run.pod.name, reason,
+                             requests, f" for {what}" if what else "", self.node.free)
                     run.pending_reason = reason
                 continue
-            self.node.bind(run.pod.name, run.pod.requests)
-            self._start(run)
+            for member in gang:
+                self.node.bind(member.pod.name, member.pod.requests)
+                self._start(member)
+
+    def _pending_gang(self, run: PodRun) -> list[PodRun]:
+        """The pod with the other pending nodes of its TrainJob, if none of them runs (else the pod alone)."""
+        if run.pod.gang is None:
+            return [run]
+        gang = [r for r in self.runs if r.pod.gang == run.pod.gang]
+        return gang if all(r.status == "pending" for r in gang) else [run]
 
     def _start(self, run: PodRun) -> None:
         run.attempts += 1

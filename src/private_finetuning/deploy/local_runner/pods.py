@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning.deploy.local_runner.scheduling import Resources
+from private_finetuning.deploy.local_runner.trainjob import GANG_LABEL, node_jobs
 from private_finetuning.errors import ConfigError
 
 log = logging.getLogger("local-runner")
 
 WORKLOAD_KINDS = ("Job", "Deployment")
-NOT_RUN_LOCALLY = ("PyTorchJob", "TrainJob", "StatefulSet", "DaemonSet", "CronJob")
+NOT_RUN_LOCALLY = ("PyTorchJob", "StatefulSet", "DaemonSet", "CronJob")
 DEFAULT_GRACE_S = 30  # terminationGracePeriodSeconds when a pod does not set it
 
 
@@ -75,6 +76,7 @@ class Pod:
     ignore_exit_codes: frozenset[int] = frozenset()  # podFailurePolicy Ignore: a new pod, not counted
     deadline_s: float | None = None
     grace_s: float = DEFAULT_GRACE_S
+    gang: str | None = None  # the TrainJob whose training node this is: its pods rendezvous with each other
 
     @property
     def image_name(self) -> str:
@@ -193,6 +195,7 @@ def translate(obj: dict[str, Any], *, repo: Path, state: Path, config_maps: dict
         limits=Resources.parse(resources.get("limits", {}), where=f"{where} limits"),
         component=repo / "components" / "_", ports=list(named_ports.values()), readiness=readiness,
         grace_s=spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S), **_job_policy(obj),
+        gang=obj["spec"]["template"].get("metadata", {}).get("labels", {}).get(GANG_LABEL),
     )
     pod.component = repo / "components" / pod.image_name
     if not pod.component.is_dir():
@@ -202,7 +205,9 @@ def translate(obj: dict[str, Any], *, repo: Path, state: Path, config_maps: dict
 
 def pods_from_manifests(docs: list[dict[str, Any]], *, repo: Path, state: Path,
                         config_override: Path | None = None) -> list[Pod]:
-    """Every Job and Deployment of a rendered overlay, in the order they were rendered."""
+    """Every Job and Deployment of a rendered overlay, in the order they were rendered; a TrainJob as the Jobs of
+    its training nodes (:mod:`trainjob`)."""
+    docs = [job for doc in docs for job in (node_jobs(doc, docs) if doc.get("kind") == "TrainJob" else [doc])]
     for doc in docs:
         if doc.get("kind") in NOT_RUN_LOCALLY:
             log.warning("%s/%s is not run locally: the local runner runs %s", doc.get("kind"),

@@ -243,6 +243,11 @@ class DockerRuntime:
                               "with scripts/build-images.sh (see docs/containers.md)")
         for pod in pods:
             _check_linked_config(pod)
+        gangs = sorted({p.gang for p in pods if p.gang})
+        if gangs:  # a Job's container has no network at all here; ranks would need one of their own
+            raise ConfigError(f"TrainJob {', '.join(gangs)}: the docker engine gives a Job's container no network, so "
+                              "training nodes cannot reach each other; run this overlay with --engine process "
+                              "(docs/cluster.md)")
         self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:

@@ -17,6 +17,7 @@ import ctypes
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,8 +73,9 @@ def local_command(pod: Pod) -> tuple[list[str], dict[str, str], Path]:
 
 
 class LocalProcess:
-    def __init__(self, pod: Pod):
+    def __init__(self, pod: Pod, rendezvous: dict[str, str] | None = None):
         argv, env, cwd = local_command(pod)
+        env.update(rendezvous or {})
         nice = nice_for(pod.requests.cpu)
         self.process = subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, bufsize=1, start_new_session=True,
@@ -125,11 +127,31 @@ class LocalProcess:
 class ProcessRuntime:
     name = "process"
 
+    def __init__(self) -> None:
+        self.ports: dict[str, int] = {}  # a TrainJob's rendezvous port on this machine, the same for every attempt
+
     def check(self, pods: list[Pod]) -> None:
         """Every pod runs from its component folder, which translate() has already checked."""
 
     def start(self, pod: Pod, attempt: int) -> LocalProcess:
-        return LocalProcess(pod)
+        return LocalProcess(pod, self.rendezvous(pod))
+
+    def rendezvous(self, pod: Pod) -> dict[str, str]:
+        """A training node's way to its peers: the first pod's Service name becomes loopback, Trainer's port one
+        that is free here (a second run, or a test, may hold 29400), and gloo talks over loopback. Each rank
+        gets its share of this machine's cores, as it would have a machine of its own: ranks whose thread pools
+        each span every core wait for each other at every parallel region (on 2 cores, 8x slower per step)."""
+        if pod.gang is None:
+            return {}
+        if pod.gang not in self.ports:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.ports[pod.gang] = sock.getsockname()[1]
+        ranks = int(pod.env.get("PET_NNODES", "1")) * int(pod.env.get("PET_NPROC_PER_NODE", "1"))
+        env = {"PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(self.ports[pod.gang]), "GLOO_SOCKET_IFNAME": "lo"}
+        if "OMP_NUM_THREADS" not in pod.env:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))
+        return env
 
     def close(self) -> None:
         """Processes are stopped by the controller; nothing else is left."""
