@@ -87,6 +87,7 @@ def test_trainer_nodes_train_the_adapter_one_process_trains_with_ddp_and_with_fs
         assert [code for code, _ in results] == [0] * nodes, what + "".join(err[-3000:] for _, err in results)
         logs = "".join(err for _, err in results)
         assert f"data-parallel training ({strategy}): rank 1 of 2" in logs
+        assert "16 facts, 8 per step over 2 ranks: 2 steps per epoch" in logs  # 4 per micro-batch, 2 ranks
         assert logs.count("published lora-adapter") == 1  # rank 0 alone
         adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
         assert adapter.manifest.metadata["world_size"] == 2 and adapter.manifest.metadata["steps"] == 6

@@ -284,7 +284,7 @@ class TrainingRun:
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg), lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay, fused=self.device.name == "cuda")
         steps_per_epoch = len(optimizer_steps(self.epoch_order(0, None), cfg.gradient_accumulation_steps, dist))
-        self.schedule = plan(cfg, len(self.groups), steps_per_epoch)
+        self.schedule = plan(cfg, len(self.groups), steps_per_epoch, dist.world_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lr_lambda(cfg, lambda: self.schedule.total_steps))
         self.forward = torch.compile(forward) if cfg.compile else forward

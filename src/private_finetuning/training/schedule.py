@@ -38,10 +38,11 @@ class Plan:
         self.planned_steps = self.planned_steps or self.total_steps
 
 
-def plan(cfg: TrainingConfig, facts: int, steps_per_epoch: int) -> Plan:
+def plan(cfg: TrainingConfig, facts: int, steps_per_epoch: int, ranks: int = 1) -> Plan:
     """The planned total before training starts, and why, in words for the log."""
-    batch = cfg.batch_size * cfg.gradient_accumulation_steps
-    head = f"{facts} facts, {batch} per step: {steps_per_epoch} steps per epoch"
+    batch = cfg.batch_size * cfg.gradient_accumulation_steps * ranks
+    over = f" over {ranks} ranks" if ranks > 1 else ""
+    head = f"{facts} facts, {batch} per step{over}: {steps_per_epoch} steps per epoch"
     if cfg.max_steps:
         return Plan(cfg.max_steps, f"{head}; training.max_steps = {cfg.max_steps} steps", False)
     by_epochs = cfg.epochs * steps_per_epoch

@@ -1,11 +1,12 @@
 """What the Job and ReplicaSet controllers and kube-scheduler do, for the pods of one local run.
 
-Every workload is created at once, as ``kubectl apply`` would; each pod is placed when its requests
-fit the node (else it stays Pending); stages that consume artifacts wait for them per the artifact
-contract. A failed Job pod is restarted within ``backoffLimit``, at once failed on a
-``podFailurePolicy`` FailJob exit code, and stopped past ``activeDeadlineSeconds`` (counted from the
-Job's creation, Pending time included). A Deployment's pod that exits is started again. When a Job
-fails for good the others are stopped, since their inputs will never come.
+Every workload is created at once, as ``kubectl apply`` would; each pod is placed when its requests fit
+the node (else it stays Pending), the training nodes of a TrainJob all at once or none; stages that
+consume artifacts wait for them per the artifact contract. A failed Job pod is restarted within
+``backoffLimit``, at once failed on a ``podFailurePolicy`` FailJob exit code, and stopped past
+``activeDeadlineSeconds`` (counted from the Job's creation, Pending time included). A Deployment's pod
+that exits is started again. When a Job fails for good the others are stopped, since their inputs will
+never come.
 """
 
 from __future__ import annotations
