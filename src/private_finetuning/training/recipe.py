@@ -346,7 +346,7 @@ class TrainingRun:
             # once, and the next pod starts from this last step instead of repeating those since the last checkpoint.
             self._save_checkpoint()
         Termination.deferred = False
-        if Termination.requested:
+        if self.dist.sum(float(Termination.requested)) > 0:  # every rank stops, or none (FSDP gathers next)
             raise Interrupted(f"SIGTERM after the last step ({state.step}): checkpoint saved; the next pod resumes "
                               "from it")
 
