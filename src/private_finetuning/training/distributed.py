@@ -58,6 +58,12 @@ class Distributed:
         """Weights are spread over the ranks: every rank must take part in each forward pass and state gather."""
         return self.enabled and self.strategy == "fsdp"
 
+    @property
+    def with_rank0(self) -> bool:
+        """Whether this rank runs rank 0's checkpoints and evaluations: rank 0 itself, and under FSDP every rank,
+        whose shards those gather."""
+        return self.is_main or self.sharded
+
     def wrap(self, model: PeftModel, device: str) -> Any:
         """The module to call for training: DDP-wrapped or FSDP-sharded when distributed, the model otherwise.
 

@@ -341,7 +341,7 @@ class TrainingRun:
         Termination.deferred = True  # a SIGTERM now saves a checkpoint at the end of the step (below)
         while state.step < self.total_steps and not self._run_epoch():
             pass
-        if state.step > self.steps_at_start and (self.dist.is_main or self.dist.sharded):
+        if state.step > self.steps_at_start and self.dist.with_rank0:
             # What follows (eval loss, samples, publishing) is not resumable: a SIGTERM from here on stops at
             # once, and the next pod starts from this last step instead of repeating those since the last checkpoint.
             self._save_checkpoint()
@@ -438,8 +438,7 @@ class TrainingRun:
                            tokens_per_s=round(self.tokens_this_run / elapsed, 1),
                            eta_s=round((self.total_steps - state.step) * elapsed / max(1, self.meter.done), 1))
         # Under FSDP every forward gathers weights from all ranks, so all of them evaluate (to the same loss).
-        if self.cfg.eval_every_steps and state.step % self.cfg.eval_every_steps == 0 and (
-                self.dist.is_main or self.dist.sharded):
+        if self.cfg.eval_every_steps and state.step % self.cfg.eval_every_steps == 0 and self.dist.with_rank0:
             eval_loss = evaluate_loss(self.model, self.device, self.eval_set, self.pad_id, self.cfg.batch_size)
             self.writer.add_scalar("eval/loss", eval_loss, state.step)
             self.log.info("step %d: eval loss %.4f", state.step, eval_loss)
@@ -460,7 +459,7 @@ class TrainingRun:
         state, dist = self.state, self.dist
         stopping = dist.sum(float(Termination.requested)) > 0  # every rank stops at the same step
         due = state.step < self.total_steps and state.step % self.cfg.checkpoint_every_steps == 0
-        if (due or stopping) and (dist.is_main or dist.sharded):  # FSDP: every rank gives its shard
+        if (due or stopping) and dist.with_rank0:  # FSDP: every rank gives its shard
             self.writer.flush()  # the curve up to the checkpoint survives the pod; a resume purges what follows
             self._save_checkpoint()
         if stopping:

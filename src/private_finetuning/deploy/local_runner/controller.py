@@ -90,8 +90,7 @@ class Controller:
         at the rendezvous for a peer that cannot start."""
         for run in (r for r in self.runs if r.status == "pending"):
             gang = self._pending_gang(run)
-            requests = Resources(cpu=sum(r.pod.requests.cpu or 0 for r in gang),
-                                 memory=sum(r.pod.requests.memory or 0 for r in gang))
+            requests = Resources.total(r.pod.requests for r in gang)
             what = f"the {len(gang)} training nodes of TrainJob {run.pod.gang} together" if len(gang) > 1 else ""
             never = self.node.never_fits(requests)
             if never:

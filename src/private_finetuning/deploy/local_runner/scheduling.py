@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from private_finetuning.errors import ConfigError
@@ -59,6 +60,12 @@ class Resources:
         return cls(cpu=parse_cpu(spec["cpu"], f"{where}.cpu") if "cpu" in spec else None,  # type: ignore[arg-type]
                    memory=parse_memory(spec["memory"], f"{where}.memory") if "memory" in spec else None)  # type: ignore[arg-type]
 
+    @classmethod
+    def total(cls, items: Iterable[Resources]) -> Resources:
+        """What several pods request together (a request left unsaid counts as nothing)."""
+        listed = list(items)
+        return cls(cpu=sum(r.cpu or 0 for r in listed), memory=sum(r.memory or 0 for r in listed))
+
     def __str__(self) -> str:
         cpu = format_cpu(self.cpu) if self.cpu is not None else "-"
         memory = format_memory(self.memory) if self.memory is not None else "-"
@@ -87,8 +94,8 @@ class Node:
 
     @property
     def free(self) -> Resources:
-        return Resources(cpu=self.cpu - sum(r.cpu or 0 for r in self.requested.values()),
-                         memory=self.memory - sum(r.memory or 0 for r in self.requested.values()))
+        used = Resources.total(self.requested.values())
+        return Resources(cpu=self.cpu - (used.cpu or 0), memory=self.memory - (used.memory or 0))
 
     def unfit(self, requests: Resources, against: Resources | None = None) -> list[str]:
         """What is short for these requests ("cpu", "memory"); empty when the pod fits."""

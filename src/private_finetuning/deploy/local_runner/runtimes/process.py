@@ -140,7 +140,7 @@ class ProcessRuntime:
         """A training node's way to its peers: the first pod's Service name becomes loopback, Trainer's port one
         that is free here (a second run, or a test, may hold 29400), and gloo talks over loopback. Each rank
         gets its share of this machine's cores, as it would have a machine of its own: ranks whose thread pools
-        each span every core wait for each other at every parallel region (on 2 cores, 8x slower per step)."""
+        each span every core wait for each other at every parallel region (on 2 cores, 6x slower per step)."""
         if pod.gang is None:
             return {}
         if pod.gang not in self.ports:
