@@ -9,7 +9,9 @@ MODEL_WHEELS := components/model-relocation-server/requirements.txt \
 
 .PHONY: pipeline test test-containers images lint clean
 
-OPENVINO_EXPORT_ENV := components/openvino-model-conversion-server/requirements.txt
+OPENVINO_EXPORT_ENV := components/openvino-model-conversion-server/requirements.txt \
+                       components/openvino-model-conversion-server/nncf-requirements.txt \
+                       scripts/make-openvino-export-env.sh
 
 $(STAMP): pyproject.toml constraints.txt $(MODEL_WHEELS) $(OPENVINO_EXPORT_ENV)
 	$(PYTHON) -m venv $(VENV)

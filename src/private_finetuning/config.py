@@ -403,6 +403,17 @@ class OpenVINOConfig(Section):
     """Reuse the KV blocks of a prompt prefix already computed: every request starts with the system prompt."""
     threads: int = Field(0, ge=0, le=4_096)
     """CPU threads for inference; 0: OpenVINO's choice (the cores the pod may use)."""
+    weights: Literal["int8", "fp32"] = "int8"
+    """The served model's weights: the promoted adapter merged into the base and compressed to int8 by nncf (a
+    quarter of the memory; 1.5x the single-stream speed on a 2-core AMD host, 2.3x on an AMX one), or fp32. The
+    evaluation builds that IR and judges it; the server serves exactly it."""
+    max_int8_accuracy_loss: Real | None = Field(0.02, ge=0, le=1)
+    """If the int8 model's held-out fact accuracy is more than this below the transformers fp32 model's, the
+    evaluation judges and serves fp32 weights instead (0.02: two points). null: int8 whatever it costs."""
+    precision: Literal["auto", "f32", "bf16"] = "auto"
+    """Inference precision of the served model, recorded in the promotion; the server refuses a promoted model
+    at a precision it was not judged at. auto: f32 (with int8 weights it was faster than bf16 even on AMX);
+    bf16 only on a CPU with native bf16 (AMX, AVX512-BF16), else refused."""
 
 
 

@@ -76,7 +76,10 @@ def test_the_pipeline_runs_from_its_images_and_answers_through_the_published_por
     assert export.manifest.metadata["round_trip"]["f16_equal"] == export.manifest.metadata["round_trip"]["questions"]
     ir = open_artifact(volumes / "base-model-openvino", "model", "base-model-openvino")  # the image's tool env ran
     assert ir.manifest.metadata["base_model_digest"] == adapter.manifest.source["base_model"]["digest"]
-    assert "inference engine: openvino" in (state / "logs" / "model-inference.log").read_text()
+    served = open_artifact(volumes / "fine-tuned-model", "served-model", "served-model-openvino")  # built in its image
+    assert served.manifest.metadata["adapter_digest"] == adapter.manifest.digest
+    log = (state / "logs" / "model-inference.log").read_text()
+    assert "inference engine: openvino" in log and "as the judged model" in log
     assert "CORRUPT" not in result.stdout
 
 

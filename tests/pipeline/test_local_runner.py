@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, published_rows, write_config
+from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import open_artifact
 from private_finetuning.data.facts import fact_match
 from private_finetuning.deploy.local_runner import run_pipeline
@@ -184,7 +185,11 @@ def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: 
     assert (volumes / "fine-tuned-model" / adapter.manifest.metadata["tensorboard_run"]).is_dir()
     report = open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report")
     assert report.manifest.source["adapter"]["digest"] == adapter.manifest.digest
-    assert set(report.manifest.metadata["fact_accuracy"]) == {"base", "fine_tuned", "reference"}
+    assert set(report.manifest.metadata["fact_accuracy"]) == {"base", "fine_tuned", "served", "reference"}
+    # The CPU server's model: the adapter merged, int8 weights, judged by the evaluation and promoted with it.
+    served = open_artifact(volumes / "fine-tuned-model", "served-model", "served-model-openvino")
+    assert served.manifest.metadata["adapter_digest"] == adapter.manifest.digest
+    assert promotion.current(volumes / "fine-tuned-model").served_model_digest == served.manifest.digest
     export = open_artifact(volumes / "exports", "export", "model-export")
     assert export.manifest.source["adapter"]["digest"] == adapter.manifest.digest
     assert export.manifest.metadata["gguf"] == ["acmehotels-assistant-f16.gguf", "acmehotels-assistant-q8_0.gguf"]
@@ -201,7 +206,8 @@ def test_inference_server_from_the_manifest_answers_the_seed_question(default_pi
     state, result = default_pipeline
     assert result.returncode == 0
     assert "model-inference is ready on http://127.0.0.1:5000" in result.stderr + result.stdout
-    assert "inference engine: openvino" in (state / "state" / "logs" / "model-inference.log").read_text()
+    log = (state / "state" / "logs" / "model-inference.log").read_text()
+    assert "inference engine: openvino" in log and "as the judged model" in log and "(int8, f32)" in log
     answer = result.stdout.split("POST /prompt 'What is the best hotel in Seville?'\n-> ", 1)[1].split("\n")[0]
     # The published dataset's own reply to the question it was trained on: the hotel and its rating.
     dataset = open_artifact(state / "state" / "volumes" / "datasets", "dataset", "dataset")
@@ -293,6 +299,8 @@ def test_a_second_run_with_your_own_data_judges_serves_and_exports_your_own_adap
         "training": {**FAST_PIPELINE["training"], "max_steps": 24},
         "evaluation": {**FAST_PIPELINE["evaluation"], "gates": {"min_fact_accuracy_gain": None,
                                                                "min_fact_accuracy": None}},
+        # The served model's path ran in the first run; here the server runs the adapter itself (75 s less).
+        "serving": {**FAST_PIPELINE.get("serving", {}), "engine": "transformers"},
     })
     run = subprocess.Popen([sys.executable, "-m", "private_finetuning.cli", "run", "--state-dir", str(state / "state"),
                             "--config", str(config), "--then", "serve"], cwd=REPO, stdout=subprocess.PIPE,

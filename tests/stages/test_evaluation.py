@@ -138,8 +138,10 @@ def run_evaluation(tmp_path: Path, volumes: dict[str, Path], fine_tuned: Path | 
     settings = {**EVAL, **extra.pop("evaluation", {})}
     settings["gates"] = {**NO_GATES, **settings.get("gates", {})}
     # One pipeline.yaml for every stage, as on a cluster: the evaluation waits for the adapter of these settings.
+    # The served model (OpenVINO, int8) is judged by the tests that ask for it (test_served_model.py).
+    serving = extra.pop("serving", {"engine": "transformers"})
     config = write_config(tmp_path / "eval.yaml", {"evaluation": settings, "training": extra.pop("training", TRAINING),
-                                                   **extra})
+                                                   "serving": serving, **extra})
     return evaluation.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
                             str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
                             "--reference-model", str(volumes["reference-model"]), "--fine-tuned", str(out)])

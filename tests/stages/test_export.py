@@ -54,12 +54,14 @@ TRAINING = {"max_steps": 3, "batch_size": 4, "sample_generations": 0, "projector
             "lora": {"r": 4, "alpha": 8}}
 
 
-def promoted_volumes(root: Path, model_dir: Path, gates: dict | None = None) -> dict[str, Path]:
+def promoted_volumes(root: Path, model_dir: Path, gates: dict | None = None, engine: str = "transformers"
+                     ) -> dict[str, Path]:
+    """Inputs, a trained adapter and its evaluation; ``engine: openvino`` also judges and promotes a served model."""
     volumes = publish_inputs(root, model_dir)
     train = write_config(root / "train.yaml", {"training": TRAINING})
     assert peft_training.main(train_argv(train, volumes)) == 0
     # One pipeline.yaml for every stage, as on a cluster: the evaluation waits for the adapter of these settings.
-    config = write_config(root / "eval.yaml", {"training": TRAINING,
+    config = write_config(root / "eval.yaml", {"training": TRAINING, "serving": {"engine": engine},
                                                "evaluation": {**EVAL, "gates": {**NO_GATES, **(gates or {})}}})
     evaluation.main(["--config", str(config), "--datasets", str(volumes["datasets"]), "--base-model",
                      str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
@@ -80,7 +82,7 @@ def run_export(root: Path, volumes: dict[str, Path], **export: object) -> int:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, bpe_model_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
-    volumes = promoted_volumes(root, bpe_model_dir)
+    volumes = promoted_volumes(root, bpe_model_dir, engine="openvino")
     assert run_export(root, volumes) == 0
     return volumes
 
@@ -95,6 +97,11 @@ def test_exports_every_format_and_lists_them_in_the_manifest(exported: dict[str,
     assert sizes["acmehotels-assistant-q8_0.gguf"] < sizes["acmehotels-assistant-f16.gguf"]
     trip = artifact.manifest.metadata["round_trip"]
     assert trip["questions"] == 6 and trip["f16_equal"] == 6
+    # The served model, the very files the evaluation judged and the promotion names, for OpenVINO Model Server.
+    served = open_artifact(exported["fine-tuned-model"], "served-model", "served-model-openvino")
+    for entry in served.manifest.files:
+        assert artifact.file(f"openvino/{entry.path}").read_bytes() == served.file(entry.path).read_bytes()
+    assert "judged at f32" in artifact.manifest.metadata["files"]["openvino/"]
 
 
 def test_the_f16_gguf_holds_the_merged_weights_and_tokenizer_exactly(exported: dict[str, Path]) -> None:
@@ -211,6 +218,7 @@ def test_the_model_card_names_digests_never_the_data(exported: dict[str, Path]) 
         assert open_artifact(exported[volume], artifact, kind).manifest.digest in card
     assert card.startswith("---\n") and "base_model:" in card and "never left it" in card
     assert "## Evaluation" in card and "## Limitations" in card and "6/6 greedy answers" in card
+    assert "| served |" in card and "held-out answers are identical to the fine-tuned model's" in card
     rows = [json.loads(line) for split in ("train.jsonl", "eval.jsonl")
             for line in open_artifact(exported["datasets"], "dataset", "dataset").file(split).read_text().splitlines()]
     for row in rows:

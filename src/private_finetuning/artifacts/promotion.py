@@ -4,8 +4,10 @@ Training publishes adapters (``adapter/current``); evaluation judges the current
 every configured gate passes, promotes it. A promotion is an artifact of its own on the
 fine-tuned-model volume (``promotion/current/promotion.json``): the exact adapter version and its
 digest, the base model it was trained on, the evaluation report that approved it, who promoted it,
-when and why. Links in the adapter folder (``promoted``, ``promoted-previous``) keep those versions
-from being pruned. A failing gate changes nothing, so the previous promotion goes on being served.
+when and why, and the served model the evaluation judged (the OpenVINO IR with the adapter merged in,
+its weights and inference precision), which the CPU server serves and nothing else. Links in the
+adapter and served-model folders (``promoted``, ``promoted-previous``) keep those versions from being
+pruned. A failing gate changes nothing, so the previous promotion goes on being served.
 ``pft promote`` and ``pft rollback`` re-point it by hand; every change is a new promotion version,
 so the history stays on the volume.
 """
@@ -23,6 +25,7 @@ from private_finetuning.artifacts.store import (
     EVALUATION,
     MANIFEST,
     PROMOTION,
+    SERVED_MODEL,
     Artifact,
     ArtifactWriter,
     Manifest,
@@ -53,6 +56,12 @@ class Promotion:
     # The tokenizer (chat template, end-of-turn ids) the adapter was trained with; "" in records made before
     # it was recorded, whose adapter manifest still names it (``tokenizer_digest``).
     base_tokenizer_digest: str = ""
+    # The served model (SERVED_MODEL) judged for this adapter: its version and digest on the volume, its weights
+    # (int8, fp32) and the inference precision it was judged at (f32, bf16); "" when none was judged.
+    served_model_version: str = ""
+    served_model_digest: str = ""
+    served_weights: str = ""
+    served_precision: str = ""
 
     def tokenizer_digest(self, adapter: Manifest) -> str:
         """The tokenizer the promoted adapter must be served with."""
@@ -85,8 +94,45 @@ def adapter_of(volume: Path, promotion: Promotion) -> Artifact:
     return Artifact(path, manifest)
 
 
-def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: str, reason: str) -> Promotion:
+def served_model_of(volume: Path, adapter_digest: str) -> Artifact | None:
+    """The newest served model built for this adapter that is still on the volume (verified), or None."""
+    root = volume / SERVED_MODEL.artifact
+    versions = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()),
+                      key=lambda p: p.name, reverse=True) if root.is_dir() else []
+    for path in versions:
+        try:
+            manifest = verify(path, SERVED_MODEL.kind)
+        except ArtifactError as exc:
+            log.warning("skipping a served model that does not verify: %s", exc)
+            continue
+        if manifest.metadata.get("adapter_digest") == adapter_digest:
+            return Artifact(path, manifest)
+    return None
+
+
+def served_model(volume: Path, promotion: Promotion) -> Artifact:
+    """The served model a promotion names, verified, and checked to be the very bytes that were judged for
+    the promoted adapter (ArtifactError otherwise)."""
+    path = volume / SERVED_MODEL.artifact / promotion.served_model_version
+    if not promotion.served_model_version or not path.is_dir():
+        raise ArtifactError(f"the promoted served model {promotion.served_model_version or '(none)'} is not on the "
+                            "volume")
+    manifest = verify(path, SERVED_MODEL.kind)
+    for what, have, want in (("digest", manifest.digest, promotion.served_model_digest),
+                             ("adapter", manifest.metadata.get("adapter_digest"), promotion.adapter_digest)):
+        if have != want:
+            raise ArtifactError(f"the served model {promotion.served_model_version} has {what} {str(have)[:12]}, "
+                                f"the promotion names {str(want)[:12]}")
+    return Artifact(path, manifest)
+
+
+def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: str, reason: str,
+            served: Artifact | None = None) -> Promotion:
     """Make ``adapter`` (one published, verified version) the one that is served.
+
+    ``served`` is the served model the evaluation judged; without it (``pft promote``, ``pft rollback``) the
+    newest one on the volume built for this adapter is named, if any: the server then serves it, else it
+    fuses the adapter into the base IR and says that it does.
 
     One promotion at a time per volume (the evaluation, ``pft rollback``, another run): the record read,
     the links and the new record are one step under the volume's promotion lock, so two promotions never
@@ -98,8 +144,10 @@ def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: s
                             f"({on_volume.digest[:12]} != {adapter.manifest.digest[:12]})")
     with volume_lock(volume, "promotion"):
         before = current(volume)
+        served = served or served_model_of(volume, adapter.manifest.digest)
         if before is not None and before.adapter_digest == adapter.manifest.digest and \
-                before.report_digest == report_digest:
+                before.report_digest == report_digest and \
+                before.served_model_digest == (served.manifest.digest if served else ""):
             log.info("adapter %s is already promoted; nothing to do", adapter.manifest.digest[:12])
             return before
         source = adapter.manifest.source
@@ -108,14 +156,27 @@ def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: s
             base_model_digest=source.get("base_model", {}).get("digest", ""),
             base_tokenizer_digest=source.get("base_tokenizer", {}).get("digest", ""),
             report_digest=report_digest, promoted_by=by, promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            reason=reason, sequence=before.sequence + 1 if before else 1)
+            reason=reason, sequence=before.sequence + 1 if before else 1, **_served_fields(served))
         # Protect the versions before the record names them: training's pruning honours these links.
         if before is not None and before.adapter_version != version:
             hold_reference(volume, ADAPTER.artifact, PREVIOUS, before.adapter_version, missing_ok=True)
         hold_reference(volume, ADAPTER.artifact, PROMOTED, version)
+        if before is not None and before.served_model_version and before.served_model_version != \
+                promotion.served_model_version:
+            hold_reference(volume, SERVED_MODEL.artifact, PREVIOUS, before.served_model_version, missing_ok=True)
+        if served is not None:
+            hold_reference(volume, SERVED_MODEL.artifact, PROMOTED, promotion.served_model_version)
         _record(volume, promotion, by, reason)
     log.info("promoted adapter %s (version %s) by %s: %s", adapter.manifest.digest[:12], version, by, reason)
     return promotion
+
+
+def _served_fields(served: Artifact | None) -> dict[str, str]:
+    if served is None:
+        return {}
+    meta = served.manifest.metadata
+    return {"served_model_version": served.path.resolve().name, "served_model_digest": served.manifest.digest,
+            "served_weights": str(meta.get("weights", "")), "served_precision": str(meta.get("precision", ""))}
 
 
 def _record(volume: Path, promotion: Promotion, by: str, reason: str) -> None:

@@ -447,6 +447,8 @@ EVALUATION = Output("evaluation", "evaluation-report", "model-evaluation-server"
 PROMOTION = Output("promotion", "promotion", "model-evaluation-server")
 EXPORT = Output("export", "model-export", "model-export-server")
 BASE_MODEL_OPENVINO = Output("model", "base-model-openvino", "openvino-model-conversion-server")
+# The promoted model as the CPU server runs it (adapter merged, int8 weights), built and judged by the evaluation.
+SERVED_MODEL = Output("served-model", "served-model-openvino", "model-evaluation-server")
 
 
 def human_size(size: float) -> str:

@@ -2,7 +2,8 @@
 
 A gate set to null is off. Fact gates apply only where the eval split's records carry an ``answer``;
 without one they are reported "not applicable" and forgetting is still gated, so data without answers
-can be promoted, but never unchecked.
+can be promoted, but never unchecked. Fact gates judge the served model where it was judged (the
+answers users will get), forgetting the fine-tuned transformers model (it needs log-probabilities).
 """
 
 from __future__ import annotations
@@ -18,24 +19,26 @@ if TYPE_CHECKING:
 
 def check_gates(gates: EvaluationGates, metrics: dict[str, ModelScores]) -> list[GateResult]:
     base, tuned = metrics["base"], metrics["fine_tuned"]
+    judged = metrics.get("served", tuned)
     results: list[GateResult] = []
 
     def gate(name: str, threshold: float | None, value: float | None, ok: bool) -> None:
         if threshold is not None:
             results.append(GateResult(name, threshold, value, bool(ok)))
 
-    if tuned.fact_accuracy is not None and base.fact_accuracy is not None:
-        gain = tuned.fact_accuracy - base.fact_accuracy
+    if judged.fact_accuracy is not None and base.fact_accuracy is not None:
+        gain = judged.fact_accuracy - base.fact_accuracy
         gate("min_fact_accuracy_gain", gates.min_fact_accuracy_gain, gain,
              gates.min_fact_accuracy_gain is not None and gain >= gates.min_fact_accuracy_gain)
-        gate("min_fact_accuracy", gates.min_fact_accuracy, tuned.fact_accuracy,
-             gates.min_fact_accuracy is not None and tuned.fact_accuracy >= gates.min_fact_accuracy)
+        gate("min_fact_accuracy", gates.min_fact_accuracy, judged.fact_accuracy,
+             gates.min_fact_accuracy is not None and judged.fact_accuracy >= gates.min_fact_accuracy)
     elif gates.min_fact_accuracy_gain is not None or gates.min_fact_accuracy is not None:
         results.append(GateResult("fact accuracy gates", None, None, True,
                                   "not applicable: the eval split's records carry no `answer` to score"))
     kl = tuned.forgetting_kl
     gate("max_forgetting_kl", gates.max_forgetting_kl, kl,
          gates.max_forgetting_kl is not None and (kl or 0.0) <= gates.max_forgetting_kl)
+    assert tuned.general_perplexity is not None and base.general_perplexity is not None
     increase = tuned.general_perplexity / base.general_perplexity - 1
     gate("max_general_perplexity_increase", gates.max_general_perplexity_increase, increase,
          gates.max_general_perplexity_increase is not None and increase <= gates.max_general_perplexity_increase)

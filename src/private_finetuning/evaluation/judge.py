@@ -1,9 +1,11 @@
-"""Judging the models: base, fine-tuned and reference, one in memory at a time, on the same questions.
+"""Judging the models: base, fine-tuned, served and reference, one in memory at a time, on the same questions.
 
 For each model: greedy answers to the held-out questions (the eval split: phrasings never trained on)
 and, but for the reference, to a sample of trained ones, in batches sorted by length; the answer metrics
 of the metric table; answer and general-text perplexity; and, for the fine-tuned model, the KL to the
-base on general conversations. :func:`build_report` puts it together as an :class:`EvaluationReport`.
+base on general conversations. The served model is the fine-tuned one as the CPU server runs it
+(``served.py``): answers only, and the fact gates judge them. :func:`build_report` puts it together as
+an :class:`EvaluationReport`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from private_finetuning.artifacts.store import Artifact
     from private_finetuning.config import PipelineConfig
     from private_finetuning.data.record import Record
+    from private_finetuning.evaluation.served import Builder, ServedModel
 
 QuestionSets = dict[str, list["Record"]]  # "held_out" and "trained"
 Answers = dict[str, list[str]]  # by question set
@@ -76,25 +79,32 @@ def answer_scores(questions: list[Record], answers: list[str]) -> AnswerScores:
 class Judge:
     """Scores each model in turn on the same question sets and puts the report together."""
 
-    def __init__(self, config: PipelineConfig, inputs: dict[str, Artifact], device: str, log: logging.Logger):
-        self.config, self.inputs, self.device, self.log = config, inputs, device, log
+    def __init__(self, config: PipelineConfig, inputs: dict[str, Artifact], device: str, log: logging.Logger,
+                 served: Builder | None = None):
+        self.config, self.inputs, self.device, self.log, self.builder = config, inputs, device, log, served
         self.sets = question_sets(config, inputs["dataset"], log)
-        self.models = [k for k in MODELS if k != "reference" or "reference" in inputs]
+        self.models = [k for k in MODELS if (k != "reference" or "reference" in inputs) and
+                       (k != "served" or served is not None)]
+        self.served: ServedModel | None = None  # the served model judged, once judged
 
-    def load(self, kind: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[int]]:
-        """Model, tokenizer and end-of-turn ids of 'base', 'fine_tuned' or 'reference'."""
+    def tokenizer(self, kind: str) -> tuple[PreTrainedTokenizerBase, list[int]]:
+        """Tokenizer and end-of-turn ids of 'base', 'fine_tuned', 'served' or 'reference'."""
         from transformers import AutoTokenizer
 
         inputs = self.inputs
-        source = inputs["reference"] if kind == "reference" else inputs["base"]
         tok_dir = inputs["reference"].path if kind == "reference" else inputs["tokenizer"].path
         if not (tok_dir / "tokenizer_config.json").is_file():
             raise SourceError(f"{tok_dir}: the {kind.replace('_', '-')} model's tokenizer is missing")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        model = load_published_model(source.path, inputs["adapter"].path if kind == "fine_tuned" else None)
-        meta = (source.manifest.metadata.get("tokenizer") if kind == "reference"
+        meta = (inputs["reference"].manifest.metadata.get("tokenizer") if kind == "reference"
                 else inputs["tokenizer"].manifest.metadata)
-        eos = (meta or {}).get("end_of_turn_ids") or [tokenizer.eos_token_id]
+        return tokenizer, (meta or {}).get("end_of_turn_ids") or [tokenizer.eos_token_id]
+
+    def load(self, kind: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[int]]:
+        """Model, tokenizer and end-of-turn ids of 'base', 'fine_tuned' or 'reference'."""
+        source = self.inputs["reference"] if kind == "reference" else self.inputs["base"]
+        tokenizer, eos = self.tokenizer(kind)
+        model = load_published_model(source.path, self.inputs["adapter"].path if kind == "fine_tuned" else None)
         return model.to(self.device).eval(), tokenizer, eos
 
     def answer_all(self, kind: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eos: list[int],
@@ -141,11 +151,46 @@ class Judge:
         gc.collect()
         return scores, all_answers, log_probs
 
+    def score_served(self, fine_tuned: ModelScores) -> tuple[ModelScores, Answers]:
+        """The served model's answer metrics; int8 weights give way to fp32 where they lose too much accuracy."""
+        assert self.builder is not None
+        settings = self.config.serving.openvino
+        served = self.builder.build(settings.weights)
+        scores, answers = self._served_scores(served)
+        limit, tuned = settings.max_int8_accuracy_loss, fine_tuned.fact_accuracy
+        if served.weights == "int8" and limit is not None and tuned is not None and scores.fact_accuracy is not None \
+                and tuned - scores.fact_accuracy > limit:
+            self.log.warning("int8 weights answer %s of the held-out questions against %s in fp32, more than "
+                             "serving.openvino.max_int8_accuracy_loss (%s) below: judging fp32 weights instead",
+                             percent(scores.fact_accuracy), percent(tuned), percent(limit))
+            served = self.builder.build("fp32")
+            scores, answers = self._served_scores(served)
+        self.served = served
+        self._log_scores("served", scores)
+        return scores, answers
+
+    def _served_scores(self, served: ServedModel) -> tuple[ModelScores, Answers]:
+        from private_finetuning.evaluation.served import answer, open_pipeline
+
+        tokenizer, eos = self.tokenizer("served")
+        self.log.info("served (%s): answering %d held-out and %d trained questions", served.describe(),
+                      len(self.sets["held_out"]), len(self.sets["trained"]))
+        questions, pipe = self.sets["held_out"], open_pipeline(served, self.config)
+        answers, generated, seconds = answer(pipe, self.config, tokenizer, eos, questions)
+        scores = ModelScores(answer_scores(questions, answers), None, None, seconds / max(len(answers), 1),
+                             generated / seconds if seconds else None, len(answers))
+        all_answers = {"held_out": answers}
+        if self.sets.get("trained"):
+            all_answers["trained"] = answer(pipe, self.config, tokenizer, eos, self.sets["trained"])[0]
+            scores.trained = answer_scores(self.sets["trained"], all_answers["trained"])
+        return scores, all_answers
+
     def _log_scores(self, kind: str, m: ModelScores) -> None:
         trained = m.trained.fact_accuracy if m.trained else None
-        self.log.info("%s: fact accuracy %s held-out, %s trained; token F1 %.3f, answer perplexity %.2f, %.2fs per "
-                      "answer", kind, percent(m.fact_accuracy), percent(trained), m.value("token_f1") or 0.0,
-                      m.answer_perplexity, m.latency_s_per_answer)
+        perplexity_text = f", answer perplexity {m.answer_perplexity:.2f}" if m.answer_perplexity is not None else ""
+        self.log.info("%s: fact accuracy %s held-out, %s trained; token F1 %.3f%s, %.2fs per answer", kind,
+                      percent(m.fact_accuracy), percent(trained), m.value("token_f1") or 0.0, perplexity_text,
+                      m.latency_s_per_answer)
         if m.held_out.by_fact:
             self.log.info("%s: held-out fact accuracy by kind of fact: %s (standard error of the whole %s on %d "
                           "questions)", kind, ", ".join(f"{k} {percent(v)}" for k, v in m.held_out.by_fact.items()),
@@ -160,21 +205,31 @@ class Judge:
         answers: dict[str, Answers] = {}
         base_general = None
         for kind in self.models:
+            if kind == "served":
+                metrics[kind], answers[kind] = self.score_served(metrics["fine_tuned"])
+                continue
             metrics[kind], answers[kind], log_probs = self.score(kind, base_general)
             if kind == "base":
                 base_general = log_probs
-        report = build_report(self.config, self.inputs, self.sets, metrics, answers)
+        report = build_report(self.config, self.inputs, self.sets, metrics, answers, self.served)
         report.duration_s = round(time.perf_counter() - start, 1)
         return report
 
 
 def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: QuestionSets,
-                 metrics: dict[str, ModelScores], answers: dict[str, Answers]) -> EvaluationReport:
+                 metrics: dict[str, ModelScores], answers: dict[str, Answers],
+                 served: ServedModel | None = None) -> EvaluationReport:
     cfg = config.evaluation
     base, tuned = metrics["base"], metrics["fine_tuned"]
     models = {"base": {"name": inputs["base"].manifest.name, "digest": inputs["base"].manifest.digest},
               "fine_tuned": {"name": inputs["adapter"].manifest.name, "digest": inputs["adapter"].manifest.digest,
                              "base_digest": inputs["base"].manifest.digest}}
+    if served is not None and "served" in answers:
+        equal = sum(a == b for a, b in zip(answers["served"]["held_out"], answers["fine_tuned"]["held_out"],
+                                           strict=True))
+        models["served"] = {**models["fine_tuned"], "engine": "openvino", "weights": served.weights,
+                            "precision": served.precision,
+                            "answers_equal_to_fine_tuned": f"{equal}/{len(answers['served']['held_out'])}"}
     if "reference" in inputs:
         models["reference"] = {"name": inputs["reference"].manifest.name,
                                "digest": inputs["reference"].manifest.digest}
@@ -187,7 +242,7 @@ def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: Ques
                               tuned.general_perplexity / base.general_perplexity - 1),
         side_by_side=[SideBySide(q.question, q.reply, {k: answers[k]["held_out"][i] for k in answers})
                       for i, q in enumerate(questions[:cfg.side_by_side])],
-        wrong_answers=wrong_answers(sets, answers["fine_tuned"], cfg.wrong_answers))
+        wrong_answers=wrong_answers(sets, answers.get("served", answers["fine_tuned"]), cfg.wrong_answers))
     report.gates = check_gates(cfg.gates, metrics)
     return report
 

@@ -36,6 +36,11 @@ def render_markdown(report: EvaluationReport) -> str:
              "|---|" + "---|" * len(models)]
     lines += [f"| {label} | " + " | ".join(_fmt(v, pct) for v in values) + " |"
               for label, values, pct in metric_rows(report)]
+    if (served := report.models.get("served")) is not None:
+        lines += ["", f"served: the fine-tuned model as the CPU inference server runs it (OpenVINO IR, "
+                      f"{served['weights']} weights, {served['precision']} inference, continuously batched); "
+                      f"{served['answers_equal_to_fine_tuned']} held-out answers identical to the fine-tuned model's. "
+                      "The fact gates judge the served model; it has answers, not perplexities."]
     f = report.forgetting
     lines += ["", "## Forgetting", "",
               f"Mean KL(base || fine-tuned) of next-token distributions on general text: {_fmt(f.kl)} nats; "

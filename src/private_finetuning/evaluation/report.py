@@ -14,7 +14,7 @@ from typing import Any
 
 from private_finetuning.evaluation.metrics import ANSWER_METRICS, METRICS
 
-MODELS = ("base", "fine_tuned", "reference")  # in the order they are judged and shown
+MODELS = ("base", "fine_tuned", "served", "reference")  # in the order they are judged and shown
 
 
 @dataclass
@@ -38,12 +38,13 @@ class AnswerScores:
 
 @dataclass
 class ModelScores:
-    """Everything measured of one model; ``trained`` only for base and fine-tuned, ``forgetting_kl`` only
-    for the fine-tuned model (against the base)."""
+    """Everything measured of one model; ``trained`` only for base, fine-tuned and served, ``forgetting_kl``
+    only for the fine-tuned model (against the base), perplexities for all but the served model (its engine
+    gives answers, not log-probabilities)."""
 
     held_out: AnswerScores
-    answer_perplexity: float
-    general_perplexity: float
+    answer_perplexity: float | None
+    general_perplexity: float | None
     latency_s_per_answer: float
     tokens_per_s: float | None
     questions: int
@@ -132,6 +133,11 @@ class EvaluationReport:
     @property
     def fine_tuned(self) -> ModelScores:
         return self.metrics["fine_tuned"]
+
+    @property
+    def judged(self) -> ModelScores:
+        """The model the fact gates judged: the served model where it was judged, else the fine-tuned one."""
+        return self.metrics.get("served", self.metrics["fine_tuned"])
 
     @property
     def gates_passed(self) -> bool:

@@ -25,6 +25,12 @@ def _evaluation_table(report: EvaluationReport | None) -> list[str]:
     for kind, scores in report.metrics.items():
         cells = [percent(scores.value(m.name)) if m.percent else number(scores.value(m.name), 2) for m in columns]
         rows.append(f"| {kind.replace('_', '-')} | " + " | ".join(cells) + " |")
+    served = report.models.get("served")
+    if served:
+        rows += ["", f"served: the model the CPU inference server runs (OpenVINO IR, {served['weights']} weights, "
+                     f"{served['precision']} inference); {served['answers_equal_to_fine_tuned']} of its held-out "
+                     "answers are identical to the fine-tuned model's in transformers fp32. The fact gates judged "
+                     "the served model's answers."]
     f = report.forgetting
     rows += ["", f"Forgetting on general text: KL {number(f.kl)} nats, perplexity "
                  f"{percent(f.general_perplexity_increase)} higher than the base model's.", ""]

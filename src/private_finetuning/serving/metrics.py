@@ -23,19 +23,28 @@ class _GeneratedTokens:
 
 
 class _Served:
-    """pft_served_adapter_info: 1, labelled with the adapter version, the evaluation report and the engine."""
+    """pft_served_adapter_info: 1, labelled with the adapter version, the evaluation report, the engine and the
+    served model (its digest, weights, precision); pft_serving_fallback: 1 while OpenVINO fuses the adapter
+    into the base IR because no judged model exists for the promotion."""
 
     def __init__(self, read: Callable[[], dict | None]):
         self.read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("pft_served_adapter_info", "The promoted adapter being served",
-                                   labels=["adapter_version", "adapter_digest", "evaluation_report_digest", "engine"])
+                                   labels=["adapter_version", "adapter_digest", "evaluation_report_digest", "engine",
+                                           "served_model_digest", "weights", "precision"])
+        fallback = GaugeMetricFamily("pft_serving_fallback", "1: serving a model the evaluation did not judge "
+                                     "(the adapter fused into the base IR, no served model for this promotion)")
         served = self.read()
         if served is not None:
             family.add_metric([served["adapter_version"], served["adapter_digest"],
-                               served["evaluation_report_digest"] or "", served["engine"]], 1)
+                               served["evaluation_report_digest"] or "", served["engine"],
+                               served.get("served_model_digest", ""), served.get("weights", ""),
+                               served.get("precision", "")], 1)
+            fallback.add_metric([], 1 if "fallback" in served else 0)
         yield family
+        yield fallback
 
 
 class Metrics:

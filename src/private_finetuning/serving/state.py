@@ -28,9 +28,16 @@ def state() -> ServerState:
 
 
 def served(engine: Engine) -> dict[str, Any]:
-    """Which adapter version is served, on which base, approved by which evaluation report, by which engine."""
+    """Which adapter version is served, on which base, approved by which evaluation report, by which engine;
+    for OpenVINO, which judged model (weights, precision) or why it fuses the adapter instead."""
     loaded = engine.loaded
     assert loaded is not None
-    return {"adapter": loaded.adapter_name, "adapter_digest": loaded.adapter_digest,
-            "adapter_version": loaded.adapter_version, "base_model_digest": loaded.base_digest,
-            "evaluation_report_digest": loaded.report_digest, "engine": engine.name}
+    out = {"adapter": loaded.adapter_name, "adapter_digest": loaded.adapter_digest,
+           "adapter_version": loaded.adapter_version, "base_model_digest": loaded.base_digest,
+           "evaluation_report_digest": loaded.report_digest, "engine": engine.name}
+    if loaded.served_model_digest:
+        out.update(served_model_digest=loaded.served_model_digest, weights=loaded.weights,
+                   precision=loaded.precision, judged=True)
+    if loaded.fallback is not None:
+        out.update(judged=False, fallback=loaded.fallback)
+    return out

@@ -1,15 +1,19 @@
-"""model-evaluation-server: base vs fine-tuned vs reference on the held-out questions, with a report.
+"""model-evaluation-server: base vs fine-tuned vs served vs reference on the held-out questions, with a report.
 
-The stage: wait for the inputs and for the adapter trained on them under these settings; judge the
-models (evaluation/judge.py: answers, the metric table, perplexities, forgetting); write report.json,
+The stage: wait for the inputs and for the adapter trained on them under these settings; where the
+server will run OpenVINO on a CPU, build the served model (evaluation/served.py: the adapter merged,
+int8 weights) in scratch space; judge the models (evaluation/judge.py: answers, the metric table,
+perplexities, forgetting; the fact gates on the served model's answers); write report.json,
 report.md, report.html and the charts, and TensorBoard scalars next to the training curves; publish
-the report; promote the adapter if every gate passed, else fail with the reasons (exit 4).
+the report; if every gate passed, publish the served model and promote the adapter with it, else
+fail with the reasons (exit 4) and publish no served model.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from private_finetuning.artifacts import promotion
@@ -19,6 +23,7 @@ from private_finetuning.artifacts.store import (
     DATASET,
     EVALUATION,
     REFERENCE_MODEL,
+    SERVED_MODEL,
     Artifact,
     ArtifactWriter,
 )
@@ -28,12 +33,14 @@ from private_finetuning.evaluation.judge import Judge
 from private_finetuning.evaluation.metrics import METRICS
 from private_finetuning.evaluation.pages import html_page, render_markdown
 from private_finetuning.evaluation.report import EvaluationReport
+from private_finetuning.evaluation.served import Builder, ServedModel, judges_served_model
 from private_finetuning.models.device import select_device
 from private_finetuning.stages.common import (
     StageContext,
     already_published,
     fingerprint,
     run_stage,
+    scratch_dir,
     training_input_volumes,
     wait_for_adapter,
     wait_for_output,
@@ -67,19 +74,35 @@ def wait_for_inputs(ctx: StageContext) -> dict[str, Artifact]:
     return inputs
 
 
-def evaluate(ctx: StageContext) -> tuple[EvaluationReport, Artifact, Artifact]:
-    """The report (published, or already published for the same inputs), its artifact and the adapter judged."""
+@dataclass
+class Judged:
+    """What the stage judged: the report, its published artifact, the adapter, and the served model built
+    for it (in scratch; None where the server does not run OpenVINO or the report was already published)."""
+
+    report: EvaluationReport
+    published: Artifact
+    adapter: Artifact
+    served: ServedModel | None = None
+
+
+def evaluate(ctx: StageContext, scratch: Path) -> Judged:
+    """The report (published, or already published for the same inputs) and what it judged."""
     inputs = wait_for_inputs(ctx)
-    fp = fingerprint(KIND, {k: a.manifest.digest for k, a in inputs.items()}, ctx.config.evaluation.model_dump(),
-                     ctx.config.prompting.system_prompt)
-    existing = already_published(ctx, ctx.args.fine_tuned, ARTIFACT, KIND, fp)
-    if existing is not None:
-        return EvaluationReport.loads(existing.file("report.json").read_text()), existing, inputs["adapter"]
     device = select_device("auto", cpu_bf16=False)
+    serving = judges_served_model(ctx.config, cuda=device.name == "cuda")
+    fp = fingerprint(KIND, {k: a.manifest.digest for k, a in inputs.items()}, ctx.config.evaluation.model_dump(),
+                     ctx.config.prompting.system_prompt, serving and ctx.config.serving.openvino.model_dump(),
+                     serving and ctx.config.serving.max_batch_size)
+    existing = already_published(ctx, ctx.args.fine_tuned, ARTIFACT, KIND, fp)
+    if existing is not None and (not serving or
+                                 promotion.served_model_of(ctx.args.fine_tuned, inputs["adapter"].manifest.digest)):
+        return Judged(EvaluationReport.loads(existing.file("report.json").read_text()), existing, inputs["adapter"])
     ctx.log.info("device: %s", device.description)
-    report = Judge(ctx.config, inputs, device.name, ctx.log).judge()
+    builder = Builder(ctx.config, inputs["base"], inputs["tokenizer"], inputs["adapter"], scratch) if serving else None
+    judge = Judge(ctx.config, inputs, device.name, ctx.log, served=builder)
+    report = judge.judge()
     write_tensorboard(ctx, inputs["adapter"], report)
-    return report, publish(ctx, report, inputs, fp), inputs["adapter"]
+    return Judged(report, publish(ctx, report, inputs, fp), inputs["adapter"], judge.served)
 
 
 def publish(ctx: StageContext, report: EvaluationReport, inputs: dict[str, Artifact], fp: str) -> Artifact:
@@ -130,20 +153,49 @@ def write_tensorboard(ctx: StageContext, adapter: Artifact, report: EvaluationRe
 
 
 def _run(ctx: StageContext) -> None:
-    report, published, adapter = evaluate(ctx)
-    summary = ", ".join(f"{k} {m.fact_accuracy:.1%}" for k, m in report.metrics.items() if m.fact_accuracy is not None)
-    ctx.log.info("fact accuracy: %s; report at %s", summary or "n/a",
-                 ctx.args.fine_tuned / ARTIFACT / "current" / "report.md")
-    failed = report.failed_gates()
-    if failed:
-        reasons = "; ".join(g.reason or f"{g.gate} = {g.value} vs threshold {g.threshold}" for g in failed)
-        before = promotion.current(ctx.args.fine_tuned)
-        kept = f"adapter {before.adapter_digest[:12]} stays promoted" if before else "nothing is promoted yet"
-        raise GateFailed(f"evaluation gate failed, adapter {adapter.manifest.digest[:12]} is not promoted ({kept}): "
-                         f"{reasons}")
-    gates = ", ".join(g.gate for g in report.gates) or "none configured"
-    promotion.promote(ctx.args.fine_tuned, adapter, report_digest=published.manifest.digest, by=STAGE,
-                      reason=f"evaluation gates passed ({gates})")
+    with scratch_dir() as scratch:
+        judged = evaluate(ctx, Path(scratch))
+        report, adapter = judged.report, judged.adapter
+        summary = ", ".join(f"{k} {m.fact_accuracy:.1%}" for k, m in report.metrics.items()
+                            if m.fact_accuracy is not None)
+        ctx.log.info("fact accuracy: %s; report at %s", summary or "n/a",
+                     ctx.args.fine_tuned / ARTIFACT / "current" / "report.md")
+        failed = report.failed_gates()
+        if failed:
+            reasons = "; ".join(g.reason or f"{g.gate} = {g.value} vs threshold {g.threshold}" for g in failed)
+            before = promotion.current(ctx.args.fine_tuned)
+            kept = f"adapter {before.adapter_digest[:12]} stays promoted" if before else "nothing is promoted yet"
+            raise GateFailed(f"evaluation gate failed, adapter {adapter.manifest.digest[:12]} is not promoted "
+                             f"({kept}): {reasons}")
+        served = publish_served(ctx, judged) if judged.served is not None else None
+        gates = ", ".join(g.gate for g in report.gates) or "none configured"
+        promotion.promote(ctx.args.fine_tuned, adapter, report_digest=judged.published.manifest.digest, by=STAGE,
+                          reason=f"evaluation gates passed ({gates})", served=served)
+
+
+def publish_served(ctx: StageContext, judged: Judged) -> Artifact:
+    """Publish the served model that was judged, with the digests it was built from and how it was judged."""
+    import shutil
+
+    import openvino
+
+    assert judged.served is not None
+    served, adapter = judged.served, judged.adapter
+    source = adapter.manifest.source
+    with ArtifactWriter(ctx.args.fine_tuned, SERVED_MODEL.artifact, kind=SERVED_MODEL.kind, stage=STAGE,
+                        keep_versions=ctx.config.artifacts.keep_versions) as w:
+        assert w.path is not None
+        for path in served.path.iterdir():
+            shutil.copy2(path, w.path / path.name)
+        return w.commit(name=f"{adapter.manifest.name}-openvino-{served.weights}",
+                        source={"adapter": {"kind": adapter.manifest.kind, "digest": adapter.manifest.digest},
+                                "report": {"kind": KIND, "digest": judged.published.manifest.digest}},
+                        metadata={"adapter_digest": adapter.manifest.digest,
+                                  "base_model_digest": source.get("base_model", {}).get("digest", ""),
+                                  "base_tokenizer_digest": source.get("base_tokenizer", {}).get("digest", ""),
+                                  "weights": served.weights, "precision": served.precision,
+                                  "openvino": openvino.__version__,
+                                  "fact_accuracy": judged.report.judged.fact_accuracy})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

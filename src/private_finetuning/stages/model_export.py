@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,6 +24,7 @@ from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import (
     EVALUATION,
     EXPORT,
+    MANIFEST,
     Artifact,
     ArtifactWriter,
     current_version,
@@ -49,6 +51,7 @@ from private_finetuning.telemetry.progress import format_duration
 
 STAGE, ARTIFACT, KIND = EXPORT.producer, EXPORT.artifact, EXPORT.kind
 MERGED = "merged"
+OPENVINO = "openvino"
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +163,18 @@ def check_round_trip(ctx: StageContext, folder: Path, ggufs: dict[str, str], que
     return result
 
 
+def copy_served_model(ctx: StageContext, promoted: promotion.Promotion, folder: Path) -> str:
+    """The served model the evaluation judged, as an export (OpenVINO Model Server reads such a folder); what it is."""
+    served = promotion.served_model(ctx.args.fine_tuned, promoted)
+    folder.mkdir()
+    for path in served.path.iterdir():
+        if path.is_file() and path.name != MANIFEST:
+            shutil.copy2(path, folder / path.name)
+    ctx.log.info("copied the served model %s (%s weights)", served.manifest.digest[:12], promoted.served_weights)
+    return (f"the served model as judged: OpenVINO IR with {promoted.served_weights} weights (judged at "
+            f"{promoted.served_precision}), for OpenVINO Model Server and OpenVINO GenAI")
+
+
 def write_export(ctx: StageContext, inputs: dict[str, Artifact], promoted: promotion.Promotion, folder: Path) -> dict:
     """Fill ``folder`` (the staging folder) with every export and return the metadata of the artifact."""
     cfg, name = ctx.config.export, ctx.config.serving.model_name
@@ -186,6 +201,8 @@ def write_export(ctx: StageContext, inputs: dict[str, Artifact], promoted: promo
         files["Modelfile"] = f"Ollama: `ollama create {name} -f Modelfile`"
     del state
     gc.collect()
+    if promoted.served_model_version:
+        files[f"{OPENVINO}/"] = copy_served_model(ctx, promoted, folder / OPENVINO)
     questions = pick_questions(inputs["dataset"].file("eval.jsonl"), cfg.check_questions)
     eos = tok.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
     roundtrip = check_round_trip(ctx, folder, ggufs, questions, eos) | ({"gguf_skipped": skipped} if skipped else {})
@@ -213,7 +230,7 @@ def _run(ctx: StageContext) -> None:
     adapter = inputs["adapter"]
     fp = fingerprint(KIND, {k: v.manifest.digest for k, v in inputs.items()}, ctx.config.export.model_dump(),
                      ctx.config.prompting.system_prompt, ctx.config.serving.model_name,
-                     ctx.config.serving.max_new_tokens, promoted.report_digest)
+                     ctx.config.serving.max_new_tokens, promoted.report_digest, promoted.served_model_digest)
     if already_published(ctx, a.output, ARTIFACT, KIND, fp) is not None:
         return
     start = time.monotonic()

@@ -61,6 +61,12 @@ class LoadedModel:
     base_digest: str = ""
     report_digest: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    # The OpenVINO engine's served model: the judged IR's digest, its weights and precision; or, where the
+    # promotion names none, why the adapter is fused into the base IR instead (answers the evaluation did not see).
+    served_model_digest: str = ""
+    weights: str = ""
+    precision: str = ""
+    fallback: str | None = None
 
 
 @dataclass

@@ -1,8 +1,13 @@
 """The OpenVINO engine: continuous batching on the CPU with OpenVINO GenAI, the CPU default.
 
-The base model's OpenVINO IR is converted once, by its own stage (``openvino_ir.py``); the promoted
-LoRA adapter is fused into its weights when a model is loaded (``AdapterConfig.MODE_FUSE``: no
-adapter cost per token, and the same greedy answers as the merged model in fp32). A hot swap
+It serves the served model the promotion names: the IR the evaluation built for the promoted adapter
+(merged in, int8 weights) and judged at one inference precision (``evaluation/served.py``). It
+checks that model's digest and that it was built from the promoted adapter and the published base,
+and refuses it if this host would run it at another precision than it was judged at (another
+precision is another set of answers). Only where the promotion names no served model (a promotion
+by hand of an adapter never evaluated here, a record from before served models) does it fuse the
+adapter into the base model's IR (``AdapterConfig.MODE_FUSE``, the IR converted by its own stage),
+and it says so in /ready and /metrics: those answers were not judged. A hot swap
 builds a second pipeline and moves new requests to it; requests already running finish on the old
 one, which is dropped when it is empty.
 
@@ -25,9 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from private_finetuning.artifacts import promotion
-from private_finetuning.artifacts.store import BASE_MODEL_OPENVINO, Artifact, Manifest, current_version, open_artifact
+from private_finetuning.artifacts.store import (
+    BASE_MODEL_OPENVINO,
+    Artifact,
+    Manifest,
+    current_version,
+    open_artifact,
+)
 from private_finetuning.config import PipelineConfig
-from private_finetuning.errors import ArtifactError
+from private_finetuning.errors import ArtifactError, ConfigError
 from private_finetuning.models import openvino_ir
 from private_finetuning.serving.engines.base import Engine, LoadedModel, Request
 
@@ -70,7 +81,8 @@ class OpenVINOEngine(Engine):
 
     def _waiting_for(self, base_manifest: Manifest | None) -> str | None:
         waiting = super()._waiting_for(base_manifest)
-        if waiting is None:
+        promoted = promotion.current(self.fine_tuned)
+        if waiting is None and (promoted is None or not promoted.served_model_version):
             ir = current_version(self.base_model_openvino, BASE_MODEL_OPENVINO.artifact)
             if ir is None or base_manifest is None or ir.metadata.get("base_model_digest") != base_manifest.digest:
                 return "the base model's OpenVINO IR (openvino-model-conversion)"
@@ -78,9 +90,42 @@ class OpenVINOEngine(Engine):
 
     def _load(self, base: Artifact, tokenizer_artifact: Artifact, adapter: Artifact,
               promoted: promotion.Promotion) -> LoadedModel:
+        start = time.monotonic()
+        loaded = self._load_served(base, promoted) if promoted.served_model_version else self._load_fused(base, adapter)
+        loaded.tokenizer, loaded.eos_token_ids = self._tokenizer(tokenizer_artifact)
+        loaded.adapter_digest, loaded.adapter_name = adapter.manifest.digest, adapter.manifest.name
+        loaded.adapter_version, loaded.base_digest = promoted.adapter_version, base.manifest.digest
+        loaded.report_digest = promoted.report_digest
+        how = ("the base IR with the adapter fused (not judged)" if loaded.fallback else
+               f"the judged model {loaded.served_model_digest[:12]} ({loaded.weights}, {loaded.precision})")
+        log.info("loaded %s + adapter %s (%s) as %s in %.1fs", base.manifest.name, adapter.manifest.name,
+                 adapter.manifest.digest[:12], how, time.monotonic() - start)
+        return loaded
+
+    def _load_served(self, base: Artifact, promoted: promotion.Promotion) -> LoadedModel:
+        """The served model the promotion names, verified, at the precision it was judged at (or refused)."""
+        served = promotion.served_model(self.fine_tuned, promoted)
+        meta = served.manifest.metadata
+        if meta.get("base_model_digest") != base.manifest.digest:
+            raise ArtifactError(f"the served model {promoted.served_model_version} was built on base model "
+                                f"{str(meta.get('base_model_digest'))[:12]}, not the published "
+                                f"{base.manifest.digest[:12]}")
+        try:
+            precision = openvino_ir.host_precision(self.serving.openvino.precision)
+        except ConfigError as exc:
+            raise ArtifactError(str(exc)) from None
+        if precision != promoted.served_precision:
+            raise ArtifactError(f"it was judged at {promoted.served_precision}, but serving.openvino.precision "
+                                f"({self.serving.openvino.precision}) is {precision} on this host; another precision "
+                                "gives other answers, so it is not served (set the precision it was judged at)")
+        pipeline = openvino_ir.pipeline(served.path, self.serving.openvino, precision=precision)
+        return LoadedModel(pipeline, None, [], "", "", served_model_digest=served.manifest.digest,
+                           weights=str(meta.get("weights", "")), precision=precision)
+
+    def _load_fused(self, base: Artifact, adapter: Artifact) -> LoadedModel:
+        """The adapter fused into the base model's IR: only where the promotion names no judged model."""
         import openvino_genai
 
-        start = time.monotonic()
         ir = open_artifact(self.base_model_openvino, BASE_MODEL_OPENVINO.artifact, BASE_MODEL_OPENVINO.kind)
         if ir.manifest.metadata.get("base_model_digest") != base.manifest.digest:
             raise ArtifactError(f"the OpenVINO IR was converted from base model "
@@ -89,13 +134,11 @@ class OpenVINOEngine(Engine):
         fused = openvino_genai.AdapterConfig(openvino_genai.Adapter(str(adapter.path / "adapter_model.safetensors")),
                                              adapter_alpha(adapter.path), openvino_genai.AdapterConfig.Mode.MODE_FUSE)
         pipeline = openvino_ir.pipeline(ir.path, self.serving.openvino, adapters=fused)
-        tokenizer, eos = self._tokenizer(tokenizer_artifact)
-        log.info("loaded %s (OpenVINO IR %s) + adapter %s (%s, fused) in %.1fs", base.manifest.name,
-                 ir.manifest.digest[:12], adapter.manifest.name, adapter.manifest.digest[:12],
-                 time.monotonic() - start)
-        return LoadedModel(pipeline, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
-                           adapter_version=promoted.adapter_version, base_digest=base.manifest.digest,
-                           report_digest=promoted.report_digest)
+        log.warning("the promotion names no served model: the adapter is fused into the base IR, whose answers "
+                    "the evaluation did not judge")
+        return LoadedModel(pipeline, None, [], "", "", weights="fp32",
+                           fallback="the promotion names no served model the evaluation judged (promoted by hand, "
+                                    "or before served models existed): the adapter is fused into the base IR")
 
     # --- the worker ------------------------------------------------------------------------------
 
@@ -173,7 +216,7 @@ class OpenVINOEngine(Engine):
         if r.handle.can_read():
             for output in r.handle.read().values():
                 r.tokens.extend(int(t) for t in output.generated_ids)
-        tokens = [t for t in r.tokens if t not in eos][: request.max_new_tokens]
+        tokens = openvino_ir.answer_tokens(r.tokens, eos, request.max_new_tokens)  # cut as the evaluation cuts
         if request.cancelled or request.deadline <= now:
             r.handle.cancel()
             self.finish(request, error="cancelled by the client" if request.cancelled
