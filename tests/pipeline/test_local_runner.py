@@ -150,7 +150,8 @@ def test_invalid_config_is_refused_before_any_stage_starts(tmp_path: Path) -> No
 FAST_PIPELINE = {
     "dataset": {"source": {"size": "tiny"}},
     "training": {"max_steps": 40, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50},
-    "evaluation": {"samples": 4, "max_new_tokens": 32},  # long enough to reach the fact in a reply
+    # Replies long enough to reach the fact; 8 trained questions per model instead of 48 (each model answers them).
+    "evaluation": {"samples": 4, "max_new_tokens": 32, "trained_samples": 8},
     "export": {"check_questions": 4},
 }
 
@@ -296,7 +297,7 @@ def test_a_second_run_with_your_own_data_judges_serves_and_exports_your_own_adap
     config = write_config(state / "lab.yaml", {
         **FAST_PIPELINE, "name": "lab",
         "dataset": {"source": {"type": "file", "path": str(_lab_dataset(state / "lab.jsonl"))}},
-        "training": {**FAST_PIPELINE["training"], "max_steps": 24},
+        "training": {**FAST_PIPELINE["training"], "max_steps": 16},
         "evaluation": {**FAST_PIPELINE["evaluation"], "gates": {"min_fact_accuracy_gain": None,
                                                                "min_fact_accuracy": None}},
         # The served model's path ran in the first run; here the server runs the adapter itself (75 s less).
@@ -321,7 +322,7 @@ def test_a_second_run_with_your_own_data_judges_serves_and_exports_your_own_adap
     out = "".join(printed)
     assert "Serving on" in out, out[-4000:]
     adapter = open_artifact(volumes / "fine-tuned-model", "adapter", "lora-adapter").manifest
-    assert adapter.digest != demo and adapter.metadata["steps"] == 24
+    assert adapter.digest != demo and adapter.metadata["steps"] == 16
     report = open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report").manifest
     assert report.source["adapter"]["digest"] == adapter.digest
     from private_finetuning.artifacts import promotion

@@ -163,3 +163,15 @@ def test_without_a_served_model_the_adapter_is_fused_and_the_server_says_so(
         wait_until(lambda: engine.loaded is not None and engine.loaded.fallback is None)
     finally:
         engine.stop()
+
+
+def test_the_precision_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from private_finetuning.errors import ConfigError
+
+    for native in (False, True):  # auto is f32 with int8 weights on both kinds of host (measured faster there)
+        monkeypatch.setattr(openvino_ir, "host_has_bf16", lambda native=native: native)
+        assert openvino_ir.host_precision("auto") == "f32" and openvino_ir.host_precision("f32") == "f32"
+    assert openvino_ir.host_precision("bf16") == "bf16"
+    monkeypatch.setattr(openvino_ir, "host_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="no native bf16"):  # OpenVINO would quietly run f32 and we would record bf16
+        openvino_ir.host_precision("bf16")
