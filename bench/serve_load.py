@@ -1,23 +1,29 @@
-"""Serving throughput of model-inference-server's engines against the prototype's way, in one run.
+"""Serving throughput of model-inference-server's engines, each against the others in one run.
 
-    python bench/serve_load.py                    # after `make pipeline` (uses .pft/volumes)
-    python bench/serve_load.py --duration 30 --clients 1 4 16 --engines transformers openvino
+    .venv/bin/python bench/serve_load.py          # after `make pipeline` (uses .pft/volumes)
+    .venv/bin/python bench/serve_load.py --duration 30 --clients 1 4 16 --engines openvino-fused openvino
 
-Baseline: a single-threaded loop calling ``model.generate`` on the un-merged PEFT model, one
-request at a time (the original prototype's server). Then the real stage is started under gunicorn
-on loopback, once per engine (``serving.engine``), and driven by 1, 4 and 16 concurrent clients for
-``--duration`` seconds each, every client asking the held-out questions with POST /prompt.
-Reported per level: requests/s, generated tokens/s, p50/p95/p99 latency, errors and 5xx; the
-aggregate tokens/s at the highest level is compared with the baseline. Then each engine answers every
-held-out question once, greedily, and its answers are compared with transformers' greedy answers of
-the merged fp32 model, one prompt at a time (``--no-exactness`` skips it).
-Goals (issue 10, 2 cores): 16 clients >= 250 tokens/s and p50 <= 1.5 s, one client >= 50 tokens/s.
+Engines: ``openvino`` is the served model the promotion names (the adapter merged, int8 weights, as
+the evaluation judged it); ``openvino-fused`` is the previous default, the adapter fused into the
+base IR at load (run on a copy of the fine-tuned volume whose promotion names no served model, so
+the server falls back to it); ``transformers`` the exact reference; ``baseline`` the prototype's way
+(``model.generate`` on the un-merged PEFT model, one request at a time). Each OpenVINO engine is
+measured twice: in process (the engine's own worker driven by client threads, no HTTP: the ceiling)
+and through HTTP (the real stage under gunicorn on loopback), with 1, 4 and 16 closed-loop clients
+for ``--duration`` seconds each, every client asking the held-out questions with POST /prompt.
+Reported per level: requests/s, generated tokens/s, p50/p95/p99 latency, errors and 5xx; then each
+engine's ratio to the first engine listed, the HTTP layer's cost against the in-process ceiling,
+the server's peak resident memory, and each engine's answers to every held-out question against
+transformers' greedy answers of the merged fp32 model (``--no-exactness`` skips that).
+Goals (issue 21, 2 cores, no native bf16): one client >= 60 tokens/s; 16 clients >= 300 tokens/s with
+p50 <= 1.0 s, or >= 1.7x openvino-fused at 16; HTTP <= 15% below in process; RSS <= 1 GiB; no 5xx.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,8 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=20.0, help="seconds per load level (and for the baseline)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--engines", nargs="+", default=["transformers", "openvino"],
-                   choices=["transformers", "openvino"])
+    p.add_argument("--engines", nargs="+", default=["openvino-fused", "openvino"],
+                   choices=["baseline", "transformers", "openvino-fused", "openvino"])
     p.add_argument("--no-exactness", dest="exactness", action="store_false",
                    help="skip asking every held-out question once per engine")
     return p.parse_args()
@@ -47,6 +53,11 @@ def parse_args() -> argparse.Namespace:
 def questions(volumes: Path) -> list[str]:
     path = volumes / "datasets" / "dataset" / "current" / "eval.jsonl"
     return [json.loads(line)["messages"][-2]["content"] for line in path.read_text().splitlines()]
+
+
+def held_out_facts(volumes: Path) -> list[str | None]:
+    path = volumes / "datasets" / "dataset" / "current" / "eval.jsonl"
+    return [(json.loads(line).get("meta") or {}).get("answer") for line in path.read_text().splitlines()]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -161,17 +172,39 @@ def ask_each(url: str, asked: list[str], max_new_tokens: int) -> list[str]:
     return answers
 
 
-def start_server(args: argparse.Namespace, engine: str, folder: Path) -> tuple[subprocess.Popen, str]:
+def fused_volume(args: argparse.Namespace, folder: Path) -> Path:
+    """A copy of the fine-tuned volume's promoted adapter, promoted again with no served model: the server
+    then fuses the adapter into the base IR, the default before served models."""
+    from private_finetuning.artifacts import promotion
+    from private_finetuning.artifacts.store import ADAPTER
+
+    source = args.volumes / "fine-tuned-model"
+    promoted = promotion.current(source)
+    if promoted is None:
+        raise SystemExit(f"nothing is promoted on {source}: run `make pipeline` first")
+    copy = folder / "fine-tuned-fused"
+    shutil.copytree(source / ADAPTER.artifact / promoted.adapter_version,
+                    copy / ADAPTER.artifact / promoted.adapter_version)
+    promotion.promote(copy, promotion.adapter_of(copy, promoted), report_digest=promoted.report_digest, by="bench",
+                      reason="the fused fallback, for comparison")
+    return copy
+
+
+def engine_config(args: argparse.Namespace, engine: str, folder: Path) -> Path:
     import yaml
 
     data = yaml.safe_load(args.config.read_text()) or {}
-    data.setdefault("serving", {})["engine"] = engine
+    data.setdefault("serving", {})["engine"] = "transformers" if engine == "transformers" else "openvino"
     config = folder / f"{engine}.yaml"
     config.write_text(yaml.safe_dump(data))
+    return config
+
+
+def start_server(args: argparse.Namespace, engine: str, folder: Path, fine_tuned: Path) -> tuple[subprocess.Popen, str]:
     port, v = free_port(), args.volumes
     server = subprocess.Popen([sys.executable, "-m", "private_finetuning.stages.inference_server", "--config",
-                               str(config), "--base-model", str(v / "base-model"), "--base-tokenizer",
-                               str(v / "base-tokenizer"), "--fine-tuned", str(v / "fine-tuned-model"),
+                               str(engine_config(args, engine, folder)), "--base-model", str(v / "base-model"),
+                               "--base-tokenizer", str(v / "base-tokenizer"), "--fine-tuned", str(fine_tuned),
                                "--base-model-openvino", str(v / "base-model-openvino"),
                                "--bind", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -187,18 +220,103 @@ def start_server(args: argparse.Namespace, engine: str, folder: Path) -> tuple[s
             time.sleep(0.5)
 
 
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory of a process and its children (gunicorn's worker), MiB."""
+    total = 0
+    for proc in [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
+        for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+def in_process(args: argparse.Namespace, engine: str, asked: list[str], folder: Path, fine_tuned: Path) -> list[dict]:
+    """The engine's own worker driven by client threads, no HTTP: the ceiling the server can reach."""
+    from private_finetuning.config import load_config
+    from private_finetuning.serving.engines import make_engine
+    from private_finetuning.serving.engines.base import Request
+
+    v = args.volumes
+    eng = make_engine(load_config(engine_config(args, engine, folder)), base_model=v / "base-model",
+                      base_tokenizer=v / "base-tokenizer", fine_tuned=fine_tuned,
+                      base_model_openvino=v / "base-model-openvino").start()
+    deadline = time.monotonic() + 300
+    while not eng.ready:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the {engine} engine did not load: {eng.status}")
+        time.sleep(0.2)
+    prompts = [eng.encode([{"role": "user", "content": q}]) for q in asked]
+
+    def one(n: int) -> tuple[int, bool]:
+        request = eng.submit(Request(prompts[n % len(prompts)], args.max_new_tokens, 0.0, 1.0,
+                                     deadline=time.monotonic() + 120))
+        request.done.wait(130)
+        return request.completion_tokens, request.error is None
+
+    try:
+        drive_with(one, 2, 3.0)
+        rows = [drive_with(one, clients, args.duration) for clients in args.clients]
+    finally:
+        eng.stop()
+    for row in rows:
+        row["level"] = f"{engine} in process, {row['level']}"
+    return rows
+
+
+def drive_with(one, clients: int, duration: float) -> dict:
+    """Closed-loop clients calling ``one(n)`` -> (tokens, ok) for ``duration`` seconds."""
+    latencies: list[float] = []
+    tokens, errors = [0], [0]
+    lock = threading.Lock()
+    end = time.monotonic() + duration
+
+    def client(offset: int) -> None:
+        n = offset
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            got, ok = one(n)
+            with lock:
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                    tokens[0] += got
+                else:
+                    errors[0] += 1
+            n += clients
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    return {"level": f"{clients} client{'s' if clients > 1 else ''}", "requests": len(latencies),
+            "rps": len(latencies) / elapsed, "tokens_per_s": tokens[0] / elapsed, "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95), "p99": percentile(latencies, 99), "errors": errors[0],
+            "server_errors": 0}
+
+
 def run_engine(args: argparse.Namespace, engine: str, asked: list[str], folder: Path) -> tuple[list[dict], list[str]]:
-    server, url = start_server(args, engine, folder)
+    if engine == "baseline":
+        return [baseline(args, asked)], []
+    fine_tuned = fused_volume(args, folder) if engine == "openvino-fused" else args.volumes / "fine-tuned-model"
+    rows = in_process(args, engine, asked, folder, fine_tuned) if engine.startswith("openvino") else []
+    server, url = start_server(args, engine, folder, fine_tuned)
     try:
         drive(url, asked, 2, 3.0, args.max_new_tokens)  # warm-up, not reported
-        rows = [drive(url, asked, clients, args.duration, args.max_new_tokens) for clients in args.clients]
-        for row in rows:
+        http = [drive(url, asked, clients, args.duration, args.max_new_tokens) for clients in args.clients]
+        for row in http:
             row["level"] = f"{engine}, {row['level']}"
+        with urllib.request.urlopen(f"{url}/ready", timeout=5) as response:
+            ready = json.load(response)
+        http[-1]["rss_mib"] = peak_rss_mib(server.pid)
+        http[-1]["serving"] = ("fused into the base IR (not judged)" if ready.get("fallback") else
+                               f"{ready.get('weights', 'fp32')} weights, {ready.get('precision', '-')}")
         answers = ask_each(url, asked, args.max_new_tokens) if args.exactness else []
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return rows, answers
+    return rows + http, answers
 
 
 def main() -> int:
@@ -206,29 +324,57 @@ def main() -> int:
 
     args = parse_args()
     asked = questions(args.volumes)
-    rows = [baseline(args, asked)]
+    rows: list[dict] = []
     answers: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for engine in args.engines:
             engine_rows, answers[engine] = run_engine(args, engine, asked, Path(folder))
             rows += engine_rows
+    print_rows(rows)
+    summarize(args, rows)
+    if args.exactness:
+        from private_finetuning.data.facts import fact_accuracy
+
+        expected, facts = reference_answers(args, asked), held_out_facts(args.volumes)
+        print(f"transformers (merged fp32): held-out fact accuracy {fact_accuracy(expected, facts):.1%}")
+        for engine, got in answers.items():
+            if got:
+                equal = sum(a == b for a, b in zip(got, expected, strict=True))
+                print(f"{engine}: {equal}/{len(expected)} held-out answers equal to transformers' greedy answers "
+                      f"(merged fp32, one prompt at a time); fact accuracy {fact_accuracy(got, facts):.1%}")
+    return 0
+
+
+def print_rows(rows: list[dict]) -> None:
     width = max(len(r["level"]) for r in rows)
     print(f"{'level':<{width}} {'requests':>8} {'req/s':>7} {'tokens/s':>9} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7} "
           f"{'errors':>6} {'5xx':>4}")
     for r in rows:
         print(f"{r['level']:<{width}} {r['requests']:>8} {r['rps']:>7.2f} {r['tokens_per_s']:>9.1f} {r['p50']:>7.2f} "
               f"{r['p95']:>7.2f} {r['p99']:>7.2f} {r['errors']:>6} {r['server_errors']:>4}")
+
+
+def summarize(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Per engine: its HTTP figures against the first engine's, against its own in-process ceiling, and memory."""
+    top = f"{max(args.clients)} client{'s' if max(args.clients) > 1 else ''}"
+    single = f"{min(args.clients)} client{'s' if min(args.clients) > 1 else ''}"
+    by_level = {r["level"]: r for r in rows}
+    first = next((e for e in args.engines if f"{e}, {top}" in by_level), None)
     for engine in args.engines:
-        top = [r for r in rows if r["level"].startswith(engine)][-1]
-        print(f"{engine}: {top['tokens_per_s']:.1f} tokens/s at {top['level'].split(', ')[1]}, "
-              f"{top['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x the baseline, {top['server_errors']} 5xx")
-    if args.exactness:
-        expected = reference_answers(args, asked)
-        for engine, got in answers.items():
-            equal = sum(a == b for a, b in zip(got, expected, strict=True))
-            print(f"{engine}: {equal}/{len(expected)} held-out answers equal to transformers' greedy answers "
-                  f"(merged fp32, one prompt at a time)")
-    return 0
+        http = by_level.get(f"{engine}, {top}")
+        if http is None:
+            continue
+        alone = by_level[f"{engine}, {single}"]["tokens_per_s"]
+        line = (f"{engine} ({http.get('serving', '-')}): {alone:.1f} tokens/s at {single}, "
+                f"{http['tokens_per_s']:.1f} at {top} (p50 {http['p50']:.2f} s)")
+        if first and engine != first:
+            line += f", {http['tokens_per_s'] / by_level[f'{first}, {top}']['tokens_per_s']:.2f}x {first}"
+        ceiling = by_level.get(f"{engine} in process, {top}")
+        if ceiling:
+            line += (f", HTTP {1 - http['tokens_per_s'] / ceiling['tokens_per_s']:+.0%} below its in-process "
+                     f"{ceiling['tokens_per_s']:.1f}")
+        server_errors = sum(r["server_errors"] for r in rows if r["level"].startswith(engine + ","))
+        print(line + f", peak RSS {http['rss_mib']:.0f} MiB, {server_errors} 5xx")
 
 
 if __name__ == "__main__":

@@ -405,8 +405,8 @@ class OpenVINOConfig(Section):
     """CPU threads for inference; 0: OpenVINO's choice (the cores the pod may use)."""
     weights: Literal["int8", "fp32"] = "int8"
     """The served model's weights: the promoted adapter merged into the base and compressed to int8 by nncf (a
-    quarter of the memory; 1.5x the single-stream speed on a 2-core AMD host, 2.3x on an AMX one), or fp32. The
-    evaluation builds that IR and judges it; the server serves exactly it."""
+    quarter of the size; 1.56x the fused fp32 model's single-stream speed, 1.22x at 16 clients, on a 2-core AMD
+    host, docs/inference.md), or fp32. The evaluation builds that IR and judges it; the server serves exactly it."""
     max_int8_accuracy_loss: Real | None = Field(0.02, ge=0, le=1)
     """If the int8 model's held-out fact accuracy is more than this below the transformers fp32 model's, the
     evaluation judges and serves fp32 weights instead (0.02: two points). null: int8 whatever it costs."""
