@@ -99,41 +99,18 @@ def baseline(args: argparse.Namespace, asked: list[str]) -> dict:
 
 
 def drive(url: str, asked: list[str], clients: int, duration: float, max_new_tokens: int) -> dict:
-    latencies: list[float] = []
-    tokens, errors, server_errors = [0], [0], [0]
-    lock = threading.Lock()
-    end = time.monotonic() + duration
+    """Closed-loop clients asking the questions with POST /prompt."""
+    def one(n: int) -> tuple[int, int]:
+        body = json.dumps({"input_prompt": asked[n % len(asked)], "max_new_tokens": max_new_tokens}).encode()
+        request = urllib.request.Request(f"{url}/prompt", data=body, method="POST", headers={
+            "Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.load(response)["completion_tokens"], 0
+        except urllib.error.HTTPError as exc:
+            return 0, exc.code
 
-    def client(offset: int) -> None:
-        n = offset
-        while time.monotonic() < end:
-            body = json.dumps({"input_prompt": asked[n % len(asked)], "max_new_tokens": max_new_tokens}).encode()
-            request = urllib.request.Request(f"{url}/prompt", data=body, method="POST", headers={
-                "Content-Type": "application/json", "Accept": "application/json"})
-            start = time.perf_counter()
-            try:
-                with urllib.request.urlopen(request, timeout=120) as response:
-                    answer = json.load(response)
-                with lock:
-                    latencies.append(time.perf_counter() - start)
-                    tokens[0] += answer["completion_tokens"]
-            except urllib.error.HTTPError as exc:
-                with lock:
-                    errors[0] += 1
-                    server_errors[0] += exc.code >= 500
-            n += clients
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
-    return {"level": f"{clients} client{'s' if clients > 1 else ''}", "requests": len(latencies),
-            "rps": len(latencies) / elapsed, "tokens_per_s": tokens[0] / elapsed, "p50": percentile(latencies, 50),
-            "p95": percentile(latencies, 95), "p99": percentile(latencies, 99), "errors": errors[0],
-            "server_errors": server_errors[0]}
+    return drive_with(one, clients, duration)
 
 
 def free_port() -> int:
@@ -247,11 +224,11 @@ def in_process(args: argparse.Namespace, engine: str, asked: list[str], folder: 
         time.sleep(0.2)
     prompts = [eng.encode([{"role": "user", "content": q}]) for q in asked]
 
-    def one(n: int) -> tuple[int, bool]:
+    def one(n: int) -> tuple[int, int]:
         request = eng.submit(Request(prompts[n % len(prompts)], args.max_new_tokens, 0.0, 1.0,
                                      deadline=time.monotonic() + 120))
         request.done.wait(130)
-        return request.completion_tokens, request.error is None
+        return request.completion_tokens, 0 if request.error is None else 500
 
     try:
         drive_with(one, 2, 3.0)
@@ -264,9 +241,9 @@ def in_process(args: argparse.Namespace, engine: str, asked: list[str], folder: 
 
 
 def drive_with(one, clients: int, duration: float) -> dict:
-    """Closed-loop clients calling ``one(n)`` -> (tokens, ok) for ``duration`` seconds."""
+    """Closed-loop clients calling ``one(n)`` -> (tokens, HTTP status of a failure or 0) for ``duration`` seconds."""
     latencies: list[float] = []
-    tokens, errors = [0], [0]
+    tokens, errors, server_errors = [0], [0], [0]
     lock = threading.Lock()
     end = time.monotonic() + duration
 
@@ -274,13 +251,14 @@ def drive_with(one, clients: int, duration: float) -> dict:
         n = offset
         while time.monotonic() < end:
             start = time.perf_counter()
-            got, ok = one(n)
+            got, failed = one(n)
             with lock:
-                if ok:
+                if not failed:
                     latencies.append(time.perf_counter() - start)
                     tokens[0] += got
                 else:
                     errors[0] += 1
+                    server_errors[0] += failed >= 500
             n += clients
 
     started = time.monotonic()
@@ -293,7 +271,7 @@ def drive_with(one, clients: int, duration: float) -> dict:
     return {"level": f"{clients} client{'s' if clients > 1 else ''}", "requests": len(latencies),
             "rps": len(latencies) / elapsed, "tokens_per_s": tokens[0] / elapsed, "p50": percentile(latencies, 50),
             "p95": percentile(latencies, 95), "p99": percentile(latencies, 99), "errors": errors[0],
-            "server_errors": 0}
+            "server_errors": server_errors[0]}
 
 
 def run_engine(args: argparse.Namespace, engine: str, asked: list[str], folder: Path) -> tuple[list[dict], list[str]]:
@@ -371,7 +349,7 @@ def summarize(args: argparse.Namespace, rows: list[dict]) -> None:
             line += f", {http['tokens_per_s'] / by_level[f'{first}, {top}']['tokens_per_s']:.2f}x {first}"
         ceiling = by_level.get(f"{engine} in process, {top}")
         if ceiling:
-            line += (f", HTTP {1 - http['tokens_per_s'] / ceiling['tokens_per_s']:+.0%} below its in-process "
+            line += (f", HTTP {1 - http['tokens_per_s'] / ceiling['tokens_per_s']:.0%} below its in-process "
                      f"{ceiling['tokens_per_s']:.1f}")
         server_errors = sum(r["server_errors"] for r in rows if r["level"].startswith(engine + ","))
         print(line + f", peak RSS {http['rss_mib']:.0f} MiB, {server_errors} 5xx")
