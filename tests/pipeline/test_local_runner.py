@@ -153,6 +153,8 @@ FAST_PIPELINE = {
     # Replies long enough to reach the fact; 8 trained questions per model instead of 48 (each model answers them).
     "evaluation": {"samples": 4, "max_new_tokens": 32, "trained_samples": 8},
     "export": {"check_questions": 4},
+    # int8 whatever it costs: on 4 questions one answer is 25 points, and the test checks the int8 model is served.
+    "serving": {"openvino": {"max_int8_accuracy_loss": None}},
 }
 
 
@@ -298,10 +300,10 @@ def test_a_second_run_with_your_own_data_judges_serves_and_exports_your_own_adap
         **FAST_PIPELINE, "name": "lab",
         "dataset": {"source": {"type": "file", "path": str(_lab_dataset(state / "lab.jsonl"))}},
         "training": {**FAST_PIPELINE["training"], "max_steps": 16},
-        "evaluation": {**FAST_PIPELINE["evaluation"], "gates": {"min_fact_accuracy_gain": None,
-                                                               "min_fact_accuracy": None}},
+        "evaluation": {**FAST_PIPELINE["evaluation"], "include_reference": False,
+                       "gates": {"min_fact_accuracy_gain": None, "min_fact_accuracy": None}},
         # The served model's path ran in the first run; here the server runs the adapter itself (75 s less).
-        "serving": {**FAST_PIPELINE.get("serving", {}), "engine": "transformers"},
+        "serving": {"engine": "transformers"},
     })
     run = subprocess.Popen([sys.executable, "-m", "private_finetuning.cli", "run", "--state-dir", str(state / "state"),
                             "--config", str(config), "--then", "serve"], cwd=REPO, stdout=subprocess.PIPE,
