@@ -16,7 +16,7 @@ build=$("$python" -c "import tomllib; print(' '.join(tomllib.load(open('pyprojec
 # shellcheck disable=SC2086  # the requirement lists are meant to split
 download() { "$python" -m pip download -q -d "$dir/files" "$@" >>"$dir/download.log" 2>&1 || { tail -20 "$dir/download.log" >&2; exit 1; }; }
 download -c constraints.txt $deps $build
-for req in components/*/requirements.txt; do
+for req in components/*/requirements.txt components/*/nncf-requirements.txt; do
   # The gpu overlay's vLLM image is not built from this mirror (scripts/build-images.sh --with-vllm).
   [ "$req" = components/model-inference-vllm-server/requirements.txt ] && continue
   if grep -qv '^#' "$req"; then download --no-deps --require-hashes -r "$req"; fi
