@@ -100,13 +100,12 @@ def served_model_of(volume: Path, adapter_digest: str) -> Artifact | None:
     versions = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()),
                       key=lambda p: p.name, reverse=True) if root.is_dir() else []
     for path in versions:
-        try:
-            manifest = verify(path, SERVED_MODEL.kind)
+        try:  # the manifest says which adapter it was built for; only that one is hashed (138 MB each)
+            if Manifest.from_file(path / MANIFEST).metadata.get("adapter_digest") != adapter_digest:
+                continue
+            return Artifact(path, verify(path, SERVED_MODEL.kind))
         except ArtifactError as exc:
             log.warning("skipping a served model that does not verify: %s", exc)
-            continue
-        if manifest.metadata.get("adapter_digest") == adapter_digest:
-            return Artifact(path, manifest)
     return None
 
 

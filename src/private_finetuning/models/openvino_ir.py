@@ -131,9 +131,6 @@ def compress_int8(ir_dir: Path, out_dir: Path, timeout_s: float = 1800) -> None:
     log.info("weights compressed to int8 in %.0fs", time.monotonic() - start)
 
 
-PRECISIONS = ("f32", "bf16")
-
-
 def host_precision(wanted: str) -> str:
     """The inference precision ``serving.openvino.precision`` means on this host: ``f32`` or ``bf16``.
 
