@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers import NETGUARD
+from hosts import HOST_KINDS, PrecisionGuard, simulate
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -19,6 +20,23 @@ sys.path.insert(0, str(NETGUARD))
 import netguard
 
 netguard.install()
+
+
+@pytest.fixture(autouse=True)
+def precision_guard(monkeypatch: pytest.MonkeyPatch) -> PrecisionGuard:
+    """Every test fails if this package opened an OpenVINO pipeline or compile, or a torch autocast, without
+    saying its precision (OpenVINO and torch would pick one per host)."""
+    guard = PrecisionGuard().install(monkeypatch)
+    yield guard
+    implicit = guard.implicit()
+    assert not implicit, "precision left to the host: " + "; ".join(
+        f"{c.what} from {c.caller} asked {c.asked}" for c in implicit)
+
+
+@pytest.fixture(params=list(HOST_KINDS))
+def host_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Each of the three kinds of x86 host in turn (no AVX-512; AVX512-BF16 without AMX; AMX), simulated."""
+    return simulate(monkeypatch, tmp_path, request.param)
 
 
 @pytest.fixture(scope="session")

@@ -414,6 +414,17 @@ class OpenVINOConfig(Section):
     """Inference precision of the served model, recorded in the promotion; the server refuses a promoted model
     at a precision it was not judged at. auto: f32 (with int8 weights it was faster than bf16 even on AMX);
     bf16 only on a CPU with native bf16 (AMX, AVX512-BF16), else refused."""
+    kv_cache_precision: Literal["u8", "f32", "bf16"] = "u8"
+    """Precision of the served model's KV cache, recorded with it and served as judged: u8 (OpenVINO's CPU default,
+    a quarter of f32's memory; with either inference precision), f32 (with f32 only) or bf16 (with bf16 only).
+    Never left to OpenVINO, whose default may differ by version and host."""
+
+    def check(self, where: str) -> None:
+        inference = "f32" if self.precision == "auto" else self.precision
+        if self.kv_cache_precision != "u8" and self.kv_cache_precision != inference:
+            raise ConfigError(f"{where}.kv_cache_precision: {self.kv_cache_precision} with precision "
+                              f"{self.precision} ({inference}); OpenVINO's paged attention keeps the KV cache in u8 "
+                              "or at the inference precision")
 
 
 

@@ -18,7 +18,6 @@ from helpers import publish_inputs, write_config
 from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import open_artifact
 from private_finetuning.errors import EXIT_GATE_FAILED
-from private_finetuning.models import openvino_ir
 from private_finetuning.serving.app import create_app
 from private_finetuning.serving.engines.base import Engine
 from private_finetuning.serving.engines.openvino import OpenVINOEngine
@@ -109,20 +108,13 @@ def test_the_server_answers_exactly_what_was_judged(judged: Path, volumes: dict[
         engine.stop()
 
 
-def test_a_precision_it_was_not_judged_at_is_refused(judged: Path, volumes: dict[str, Path],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(openvino_ir, "host_has_bf16", lambda: True)  # as on an AMX host
+def test_a_precision_it_was_not_judged_at_is_refused(judged: Path, volumes: dict[str, Path], host_kind: str) -> None:
+    """Judged at f32; asked for bf16: refused on every kind of host, each with its own reason."""
     engine = engine_on(volumes, judged, openvino={"precision": "bf16"})
     try:
         wait_until(lambda: "refused" in engine.status)
-        assert engine.loaded is None and "judged at f32" in engine.status
-    finally:
-        engine.stop()
-    monkeypatch.setattr(openvino_ir, "host_has_bf16", lambda: False)  # a host without bf16 cannot run it at all
-    engine = engine_on(volumes, judged, openvino={"precision": "bf16"})
-    try:
-        wait_until(lambda: "refused" in engine.status)
-        assert "no native bf16" in engine.status
+        reason = "no native bf16" if host_kind == "avx2" else "judged at f32"
+        assert engine.loaded is None and reason in engine.status
     finally:
         engine.stop()
 
@@ -163,15 +155,3 @@ def test_without_a_served_model_the_adapter_is_fused_and_the_server_says_so(
         wait_until(lambda: engine.loaded is not None and engine.loaded.fallback is None)
     finally:
         engine.stop()
-
-
-def test_the_precision_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    from private_finetuning.errors import ConfigError
-
-    for native in (False, True):  # auto is f32 with int8 weights on both kinds of host (measured faster there)
-        monkeypatch.setattr(openvino_ir, "host_has_bf16", lambda native=native: native)
-        assert openvino_ir.host_precision("auto") == "f32" and openvino_ir.host_precision("f32") == "f32"
-    assert openvino_ir.host_precision("bf16") == "bf16"
-    monkeypatch.setattr(openvino_ir, "host_has_bf16", lambda: False)
-    with pytest.raises(ConfigError, match="no native bf16"):  # OpenVINO would quietly run f32 and we would record bf16
-        openvino_ir.host_precision("bf16")

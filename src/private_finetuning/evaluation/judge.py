@@ -31,6 +31,7 @@ from private_finetuning.evaluation.report import (
     SideBySide,
     WrongAnswer,
 )
+from private_finetuning.models import host
 from private_finetuning.models.generation import answer_questions
 from private_finetuning.models.loading import load_published_model
 from private_finetuning.models.scoring import answer_log_probs, mean_kl, perplexity
@@ -86,6 +87,7 @@ class Judge:
         self.models = [k for k in MODELS if (k != "reference" or "reference" in inputs) and
                        (k != "served" or served is not None)]
         self.served: ServedModel | None = None  # the served model judged, once judged
+        self.precisions: dict[str, str] = {}  # each transformers row's dtype, recorded in its row of the report
 
     def tokenizer(self, kind: str) -> tuple[PreTrainedTokenizerBase, list[int]]:
         """Tokenizer and end-of-turn ids of 'base', 'fine_tuned', 'served' or 'reference'."""
@@ -105,6 +107,7 @@ class Judge:
         source = self.inputs["reference"] if kind == "reference" else self.inputs["base"]
         tokenizer, eos = self.tokenizer(kind)
         model = load_published_model(source.path, self.inputs["adapter"].path if kind == "fine_tuned" else None)
+        self.precisions[kind] = str(model.dtype).removeprefix("torch.")  # no autocast: the weights' dtype is it
         return model.to(self.device).eval(), tokenizer, eos
 
     def answer_all(self, kind: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eos: list[int],
@@ -211,14 +214,14 @@ class Judge:
             metrics[kind], answers[kind], log_probs = self.score(kind, base_general)
             if kind == "base":
                 base_general = log_probs
-        report = build_report(self.config, self.inputs, self.sets, metrics, answers, self.served)
+        report = build_report(self.config, self.inputs, self.sets, metrics, answers, self.served, self.precisions)
         report.duration_s = round(time.perf_counter() - start, 1)
         return report
 
 
 def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: QuestionSets,
                  metrics: dict[str, ModelScores], answers: dict[str, Answers],
-                 served: ServedModel | None = None) -> EvaluationReport:
+                 served: ServedModel | None = None, precisions: dict[str, str] | None = None) -> EvaluationReport:
     cfg = config.evaluation
     base, tuned = metrics["base"], metrics["fine_tuned"]
     models = {"base": {"name": inputs["base"].manifest.name, "digest": inputs["base"].manifest.digest},
@@ -228,11 +231,15 @@ def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: Ques
         equal = sum(a == b for a, b in zip(answers["served"]["held_out"], answers["fine_tuned"]["held_out"],
                                            strict=True))
         models["served"] = {**models["fine_tuned"], "engine": "openvino", "weights": served.weights,
-                            "precision": served.precision,
+                            "precision": served.precision, "kv_cache_precision": served.kv_cache_precision,
+                            "host_kind": host.kind(),
                             "answers_equal_to_fine_tuned": f"{equal}/{len(answers['served']['held_out'])}"}
     if "reference" in inputs:
         models["reference"] = {"name": inputs["reference"].manifest.name,
                                "digest": inputs["reference"].manifest.digest}
+    for kind, dtype in (precisions or {}).items():
+        if kind in models:
+            models[kind]["precision"] = dtype
     questions = sets["held_out"]
     report = EvaluationReport(
         questions=len(questions), config=cfg.model_dump(), models=models,

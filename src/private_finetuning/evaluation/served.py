@@ -37,10 +37,11 @@ class ServedModel:
 
     path: Path
     weights: str  # int8 or fp32
-    precision: str  # f32 or bf16, as the host runs it
+    precision: str  # f32 or bf16: the inference precision, explicit on every host
+    kv_cache_precision: str  # u8 or f32
 
     def describe(self) -> str:
-        return f"OpenVINO IR, {self.weights} weights, {self.precision}"
+        return f"OpenVINO IR, {self.weights} weights, {self.precision}, KV cache {self.kv_cache_precision}"
 
 
 def judges_served_model(config: PipelineConfig, cuda: bool) -> bool:
@@ -72,12 +73,13 @@ class Builder:
             out = self.scratch / "ir-int8"
             openvino_ir.compress_int8(fp32, out)
         log.info("built the served model (%s weights) in %.0fs", weights, time.monotonic() - start)
-        return ServedModel(out, weights, self.precision)
+        return ServedModel(out, weights, self.precision, self.config.serving.openvino.kv_cache_precision)
 
 
 def open_pipeline(served: ServedModel, config: PipelineConfig) -> Any:
     """The served model in OpenVINO GenAI's continuous-batching pipeline, configured as the server's."""
-    return openvino_ir.pipeline(served.path, config.serving.openvino, precision=served.precision)
+    return openvino_ir.pipeline(served.path, config.serving.openvino, precision=served.precision,
+                                kv_cache_precision=served.kv_cache_precision)
 
 
 def answer(pipe: Any, config: PipelineConfig, tokenizer: PreTrainedTokenizerBase, eos: list[int],

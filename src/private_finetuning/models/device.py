@@ -1,11 +1,15 @@
-"""Choosing the device and precision: CUDA with bf16 when present, the CPU otherwise."""
+"""Choosing the device and precision: CUDA with bf16 when present, the CPU otherwise.
+
+Every precision is explicit: ``auto`` is resolved here once (from :mod:`models.host`), the stage logs
+the result and records it in what it publishes, and every autocast names its dtype and whether it is on.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from private_finetuning.models import host
 
 
 @dataclass(frozen=True)
@@ -17,25 +21,16 @@ class Device:
     description: str
 
     def autocast(self) -> Any:
+        """bf16 autocast, on exactly when this device's precision is bf16 (never torch's default for the host)."""
         import torch
 
-        if self.precision != "bf16":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.name, dtype=torch.bfloat16)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: where bf16 autocast is faster than fp32 (1.8x on this project's CI CPU)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return torch.autocast(device_type=self.name, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 def select_device(precision: str, cpu_bf16: bool = True) -> Device:
     """``auto`` picks bf16 on CUDA; on the CPU it picks bf16 only if ``cpu_bf16`` and the CPU has it
-    natively. Serving passes ``cpu_bf16=False``: one-at-a-time generation measured slower in bf16 here."""
+    natively (AVX512-BF16, AMX). Serving passes ``cpu_bf16=False``: one-at-a-time generation measured
+    slower in bf16 on a CPU."""
     import torch
 
     if torch.cuda.is_available():
@@ -44,5 +39,5 @@ def select_device(precision: str, cpu_bf16: bool = True) -> Device:
         return Device("cuda", chosen, f"CUDA ({name}), {chosen}")
     chosen = precision
     if precision == "auto":
-        chosen = "bf16" if cpu_bf16 and cpu_has_native_bf16() else "fp32"
-    return Device("cpu", chosen, f"CPU ({torch.get_num_threads()} threads), {chosen}")
+        chosen = "bf16" if cpu_bf16 and host.torch_has_bf16() else "fp32"
+    return Device("cpu", chosen, f"CPU ({torch.get_num_threads()} threads, {host.kind()} host), {chosen}")

@@ -35,9 +35,10 @@ def served(engine: Engine) -> dict[str, Any]:
     out = {"adapter": loaded.adapter_name, "adapter_digest": loaded.adapter_digest,
            "adapter_version": loaded.adapter_version, "base_model_digest": loaded.base_digest,
            "evaluation_report_digest": loaded.report_digest, "engine": engine.name}
+    if loaded.precision:
+        out.update(precision=loaded.precision, kv_cache_precision=loaded.kv_cache_precision)
     if loaded.served_model_digest:
-        out.update(served_model_digest=loaded.served_model_digest, weights=loaded.weights,
-                   precision=loaded.precision, judged=True)
+        out.update(served_model_digest=loaded.served_model_digest, weights=loaded.weights, judged=True)
     if loaded.fallback is not None:
         out.update(judged=False, fallback=loaded.fallback)
     return out

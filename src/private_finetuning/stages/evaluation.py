@@ -34,6 +34,7 @@ from private_finetuning.evaluation.metrics import METRICS
 from private_finetuning.evaluation.pages import html_page, render_markdown
 from private_finetuning.evaluation.report import EvaluationReport
 from private_finetuning.evaluation.served import Builder, ServedModel, judges_served_model
+from private_finetuning.models import host
 from private_finetuning.models.device import select_device
 from private_finetuning.stages.common import (
     StageContext,
@@ -88,7 +89,7 @@ class Judged:
 def evaluate(ctx: StageContext, scratch: Path) -> Judged:
     """The report (published, or already published for the same inputs) and what it judged."""
     inputs = wait_for_inputs(ctx)
-    device = select_device("auto", cpu_bf16=False)
+    device = select_device("fp32")  # the judged transformers rows run fp32 weights without autocast, on any host
     serving = judges_served_model(ctx.config, cuda=device.name == "cuda")
     fp = fingerprint(KIND, {k: a.manifest.digest for k, a in inputs.items()}, ctx.config.evaluation.model_dump(),
                      ctx.config.prompting.system_prompt, serving and ctx.config.serving.openvino.model_dump(),
@@ -194,6 +195,7 @@ def publish_served(ctx: StageContext, judged: Judged) -> Artifact:
                                   "base_model_digest": source.get("base_model", {}).get("digest", ""),
                                   "base_tokenizer_digest": source.get("base_tokenizer", {}).get("digest", ""),
                                   "weights": served.weights, "precision": served.precision,
+                                  "kv_cache_precision": served.kv_cache_precision, "host_kind": host.kind(),
                                   "openvino": openvino.__version__,
                                   "fact_accuracy": judged.report.judged.fact_accuracy})
 

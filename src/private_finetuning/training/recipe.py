@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from private_finetuning.data.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.data.record import read_split
 from private_finetuning.errors import InputDataError, Interrupted, PipelineError, SourceError, Termination
+from private_finetuning.models import host
 from private_finetuning.models.device import select_device
 from private_finetuning.models.loading import load_published_model
 from private_finetuning.models.scoring import answer_nll, collate
@@ -498,6 +499,7 @@ class TrainingRun:
                     "final_train_loss": state.last_loss, "eval_loss": eval_loss, "train_seconds": round(elapsed, 1),
                     "tokens_per_s": round(speed, 1), "tokens_seen": state.tokens_seen,
                     "trainable_parameters": self.trainable, "device": self.device.description,
+                    "precision": self.device.precision, "host_kind": host.kind(),
                     "projector_tokens": projected, "world_size": self.dist.world_size}
         return TrainingResult(self.model, metadata, self.tensorboard_dir, weights)
 

@@ -66,6 +66,7 @@ class LoadedModel:
     served_model_digest: str = ""
     weights: str = ""
     precision: str = ""
+    kv_cache_precision: str = ""
     fallback: str | None = None
 
 

@@ -118,9 +118,12 @@ class OpenVINOEngine(Engine):
             raise ArtifactError(f"it was judged at {promoted.served_precision}, but serving.openvino.precision "
                                 f"({self.serving.openvino.precision}) is {precision} on this host; another precision "
                                 "gives other answers, so it is not served (set the precision it was judged at)")
-        pipeline = openvino_ir.pipeline(served.path, self.serving.openvino, precision=precision)
+        # As judged: served models from before the key was recorded were judged with OpenVINO's default, u8.
+        kv_cache = str(meta.get("kv_cache_precision", "u8"))
+        pipeline = openvino_ir.pipeline(served.path, self.serving.openvino, precision=precision,
+                                        kv_cache_precision=kv_cache)
         return LoadedModel(pipeline, None, [], "", "", served_model_digest=served.manifest.digest,
-                           weights=str(meta.get("weights", "")), precision=precision)
+                           weights=str(meta.get("weights", "")), precision=precision, kv_cache_precision=kv_cache)
 
     def _load_fused(self, base: Artifact, adapter: Artifact) -> LoadedModel:
         """The adapter fused into the base model's IR: only where the promotion names no judged model."""
@@ -133,10 +136,17 @@ class OpenVINOEngine(Engine):
                                 f"{base.manifest.digest[:12]}")
         fused = openvino_genai.AdapterConfig(openvino_genai.Adapter(str(adapter.path / "adapter_model.safetensors")),
                                              adapter_alpha(adapter.path), openvino_genai.AdapterConfig.Mode.MODE_FUSE)
-        pipeline = openvino_ir.pipeline(ir.path, self.serving.openvino, adapters=fused)
+        try:
+            precision = openvino_ir.host_precision(self.serving.openvino.precision)
+        except ConfigError as exc:
+            raise ArtifactError(str(exc)) from None
+        kv_cache = self.serving.openvino.kv_cache_precision
+        pipeline = openvino_ir.pipeline(ir.path, self.serving.openvino, precision=precision,
+                                        kv_cache_precision=kv_cache, adapters=fused)
         log.warning("the promotion names no served model: the adapter is fused into the base IR, whose answers "
                     "the evaluation did not judge")
-        return LoadedModel(pipeline, None, [], "", "", weights="fp32",
+        return LoadedModel(pipeline, None, [], "", "", weights="fp32", precision=precision,
+                           kv_cache_precision=kv_cache,
                            fallback="the promotion names no served model the evaluation judged (promoted by hand, "
                                     "or before served models existed): the adapter is fused into the base IR")
 

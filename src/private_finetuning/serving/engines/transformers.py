@@ -83,7 +83,7 @@ class TransformersEngine(Engine):
                  adapter.manifest.digest[:12], self.device.description, time.monotonic() - start)
         return LoadedModel(model, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
                            adapter_version=promoted.adapter_version, base_digest=base.manifest.digest,
-                           report_digest=promoted.report_digest)
+                           report_digest=promoted.report_digest, precision=self.device.precision)
 
     def _next_batch(self) -> list[Request]:
         first = self.queue.get()
