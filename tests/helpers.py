@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +70,27 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+class Logged:
+    """A process whose output is read as it comes: a server under load fills an unread 64 KiB pipe with its
+    access log in seconds and then blocks on its next log line, probes and all."""
+
+    def __init__(self, argv: list[str], **kwargs: object):
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        **kwargs)  # type: ignore[call-overload]
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def stop(self, timeout: float = 60) -> str:
+        """Terminate it, wait, and return everything it wrote."""
+        self.process.terminate()
+        self.process.wait(timeout)
+        self._reader.join(timeout)
+        return "".join(self.lines)

@@ -465,6 +465,10 @@ class ServingConfig(Section):
     transformers (HF generate on the merged model, static batches; the exact reference), vllm (a vLLM sidecar on a
     GPU, the gpu overlay). auto: openvino on a CPU when the server has the IR volume, transformers otherwise.
     """
+    engine_process: bool = True
+    """Generate in a process of its own, beside the HTTP worker, so that /health, /ready, request parsing and
+    streaming never wait for a generation step (which holds its process's GIL); a dead engine process is
+    restarted. false: generate on a thread of the HTTP worker (one process, as before)."""
     vllm_url: str = "http://127.0.0.1:8000"
     """The vLLM OpenAI server the vllm engine hands generation to (the sidecar in the same pod)."""
     openvino: OpenVINOConfig = Field(default_factory=OpenVINOConfig)

@@ -17,7 +17,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-from helpers import REPO, free_port, port_is_free, publish_inputs, train_argv, write_config
+from helpers import REPO, Logged, free_port, port_is_free, publish_inputs, train_argv, write_config
 from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
@@ -484,7 +484,7 @@ def test_the_stage_serves_with_gunicorn_and_answers_every_printed_curl(tmp_path:
     argv = [sys.executable, "-m", "private_finetuning.stages.inference_server", "--config", str(config),
             "--base-model", str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
             "--fine-tuned", str(volumes["fine-tuned-model"]), "--bind", f"127.0.0.1:{port}"]
-    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = Logged(argv)
     try:
         wait_ready(f"http://127.0.0.1:{port}")
         if shutil.which("curl") is None:
@@ -500,8 +500,7 @@ def test_the_stage_serves_with_gunicorn_and_answers_every_printed_curl(tmp_path:
         # Answered within the probes' own timeoutSeconds, as the kubelet requires (2 cores shared with the load).
         assert probes and all(ok and took < PROBE_TIMEOUT_S for ok, took in probes), max(t for _, t in probes)
     finally:
-        server.terminate()
-        output = server.communicate(timeout=60)[0]
+        output = server.stop()
     assert "gunicorn (1 worker, 48 threads)" in output  # queue 24 + batch 16 + 8 for the probes
 
 

@@ -4,7 +4,6 @@ batching, cancellation, hot swap, and the stage under gunicorn with probes under
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from test_inference_server import (
     whole_and_streamed,
 )
 
-from helpers import free_port, publish_inputs, write_config
+from helpers import Logged, free_port, publish_inputs, write_config
 from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import current_version, open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
@@ -270,7 +269,7 @@ def test_the_stage_serves_with_openvino_and_answers_probes_under_load(tmp_path: 
             "--base-model", str(volumes["base-model"]), "--base-tokenizer", str(volumes["base-tokenizer"]),
             "--fine-tuned", str(volumes["fine-tuned-model"]), "--base-model-openvino",
             str(volumes["base-model-openvino"]), "--bind", f"127.0.0.1:{port}"]
-    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = Logged(argv)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url)
@@ -278,6 +277,5 @@ def test_the_stage_serves_with_openvino_and_answers_probes_under_load(tmp_path: 
         assert statuses and all(s < 500 for s in statuses), sorted(set(statuses))
         assert probes and all(ok for ok, _ in probes), [p for p in probes if not p[0]]
     finally:
-        server.terminate()
-        output = server.communicate(timeout=60)[0]
+        output = server.stop()
     assert "inference engine: openvino" in output

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from private_finetuning.config import PipelineConfig
 from private_finetuning.serving import schemas
 from private_finetuning.serving.engines.base import Engine
+from private_finetuning.serving.engines.process import EngineProcess
 from private_finetuning.serving.metrics import Metrics
 from private_finetuning.serving.requests import ApiError, error_body
 from private_finetuning.serving.state import KEY, ServerState, served, state
@@ -29,11 +30,11 @@ from private_finetuning.serving.views.prompt import prompt
 log = logging.getLogger("model-inference-server")
 
 
-def create_app(engine: Engine, config: PipelineConfig) -> Flask:
+def create_app(engine: Engine | EngineProcess, config: PipelineConfig) -> Flask:
     serving = config.serving
     app = Flask("model-inference-server")
     app.config["MAX_CONTENT_LENGTH"] = serving.max_body_bytes
-    metrics = Metrics(queue_depth=engine.queue.qsize, generated_tokens=lambda: engine.generated_tokens,
+    metrics = Metrics(queue_depth=engine.queue_depth, generated_tokens=lambda: engine.generated_tokens,
                       served=lambda: served(engine) if engine.loaded else None)
     app.extensions[KEY] = ServerState(engine, serving, metrics, schemas.build(serving))
     app.before_request(_start_timer)

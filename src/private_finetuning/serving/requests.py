@@ -124,6 +124,11 @@ def prompt_ids(messages: list[dict[str, str]], field: str = "messages") -> list[
     return ids
 
 
+def error_status(work: Request) -> int:
+    """503 for the server's state (retry), 504 for a deadline, 500 for a failed generation."""
+    return 503 if work.unavailable else 504 if "deadline" in (work.error or "") else 500
+
+
 def job(ids: list[int], params: dict[str, Any], **extra: Any) -> Request:
     return Request(ids, **params, deadline=time.monotonic() + state().serving.request_timeout_s, **extra)
 
@@ -141,5 +146,5 @@ def run(work: Request) -> Request:
     if not work.done.wait(state().serving.request_timeout_s + 5):
         raise ApiError(504, "generation did not finish within the request deadline")
     if work.error:
-        raise ApiError(504 if "deadline" in work.error else 500, work.error)
+        raise ApiError(error_status(work), work.error, headers={"Retry-After": "5"} if work.unavailable else None)
     return work

@@ -9,6 +9,7 @@ from flask import current_app
 
 from private_finetuning.config import ServingConfig
 from private_finetuning.serving.engines.base import Engine
+from private_finetuning.serving.engines.process import EngineProcess
 from private_finetuning.serving.metrics import Metrics
 from private_finetuning.serving.schemas import Bodies
 
@@ -17,7 +18,7 @@ KEY = "private_finetuning"
 
 @dataclass(frozen=True)
 class ServerState:
-    engine: Engine
+    engine: Engine | EngineProcess  # in this process, or generating in a process of its own
     serving: ServingConfig
     metrics: Metrics
     bodies: Bodies
@@ -27,7 +28,7 @@ def state() -> ServerState:
     return current_app.extensions[KEY]
 
 
-def served(engine: Engine) -> dict[str, Any]:
+def served(engine: Engine | EngineProcess) -> dict[str, Any]:
     """Which adapter version is served, on which base, approved by which evaluation report, by which engine;
     for OpenVINO, which judged model (weights, precision) or why it fuses the adapter instead."""
     loaded = engine.loaded

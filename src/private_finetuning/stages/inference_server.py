@@ -40,14 +40,19 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_app(ctx: StageContext) -> Any:
     from private_finetuning.serving.app import create_app
-    from private_finetuning.serving.engines import make_engine
+    from private_finetuning.serving.engines import EngineVolumes, make_engine
+    from private_finetuning.serving.engines.process import EngineProcess
 
     a = ctx.args
     if a.engine:
         ctx.config.serving.engine = a.engine
+    volumes = EngineVolumes(a.base_model, a.base_tokenizer, a.fine_tuned, a.base_model_openvino)
+    if ctx.config.serving.engine_process:
+        ctx.log.info("generation runs in a process of its own (serving.engine_process)")
+        return create_app(EngineProcess(ctx.config, volumes).start(), ctx.config)
     engine = make_engine(ctx.config, base_model=a.base_model, base_tokenizer=a.base_tokenizer,
                          fine_tuned=a.fine_tuned, base_model_openvino=a.base_model_openvino)
-    ctx.log.info("inference engine: %s", engine.name)
+    ctx.log.info("inference engine: %s, on a thread of the HTTP worker", engine.name)
     return create_app(engine.start(), ctx.config)
 
 

@@ -68,6 +68,7 @@ class LoadedModel:
     precision: str = ""
     kv_cache_precision: str = ""
     fallback: str | None = None
+    tokenizer_path: str = ""  # the published tokenizer it encodes with (the engine process's parent loads it too)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Request:
     finish_reason: str = "stop"
     error: str | None = None
     cancelled: bool = False  # the client went away: stop spending tokens on it
+    unavailable: bool = False  # its error is the server's state (engine process down, queue full): 503, retry
 
     @property
     def sampling_key(self) -> tuple[float, float]:
@@ -126,6 +128,18 @@ class Engine:
         """Whether the thread that answers requests still runs (liveness: a dead one is never coming back)."""
         return all(t.is_alive() for t in self._threads if t.name == "batch-worker")
 
+    @property
+    def down_reason(self) -> str:
+        """Why /health fails when the worker is not alive."""
+        return "the generation worker has stopped; the server cannot answer and must be restarted"
+
+    def queue_depth(self) -> int:
+        return self.queue.qsize()
+
+    def process_info(self) -> dict[str, Any]:
+        """What /ready adds about where generation runs ({}: in this process)."""
+        return {}
+
     def _load_then_watch(self) -> None:
         """Follow the promotion for as long as the server runs; a first failure is never the last word."""
         backoff = 1.0
@@ -167,6 +181,7 @@ class Engine:
             self._check_tokenizer(promoted, adapter.manifest, tokenizer.manifest.digest)
             self.status = "loading the model"
             fresh = self._load(base, tokenizer, adapter, promoted)
+            fresh.tokenizer_path = str(tokenizer.path)
         except ArtifactError as exc:
             self.refused[key] = self._public(exc)
             still = f"still serving {loaded.adapter_digest[:12]}" if loaded else "nothing else to serve"

@@ -76,7 +76,7 @@ def _events(job: Request, completion_id: str, created: int, model: str) -> Itera
         while (piece := _next_piece(job)) is not None:
             yield chunk({"content": piece})
         if job.error:
-            yield "data: " + json.dumps(req.error_body(504 if "deadline" in job.error else 500, job.error)) + "\n\n"
+            yield "data: " + json.dumps(req.error_body(req.error_status(job), job.error)) + "\n\n"
         else:
             yield chunk({}, job.finish_reason)
         yield "data: [DONE]\n\n"

@@ -14,9 +14,10 @@ operations = Blueprint("operations", __name__)
 
 @operations.get("/health")
 def health() -> Response:
-    """Liveness: fails once the thread that answers requests is gone, so the kubelet restarts the pod."""
-    if not state().engine.worker_alive:
-        raise ApiError(503, "the generation worker has stopped; the server cannot answer and must be restarted")
+    """Liveness: fails while nothing can answer requests (a dead worker thread; an engine process being restarted)."""
+    engine = state().engine
+    if not engine.worker_alive:
+        raise ApiError(503, engine.down_reason)
     return jsonify(status="ok", worker="alive")
 
 
@@ -24,10 +25,10 @@ def health() -> Response:
 def ready() -> Response:
     engine = state().engine
     if not engine.worker_alive:
-        raise ApiError(503, "the generation worker has stopped", headers={"Retry-After": "5"})
+        raise ApiError(503, engine.down_reason, headers={"Retry-After": "5"})
     if not engine.ready:
         raise ApiError(503, f"model not loaded yet: {engine.status}", headers={"Retry-After": "5"})
-    return jsonify(status="ready", worker="alive", **served(engine))
+    return jsonify(status="ready", worker="alive", **served(engine), **engine.process_info())
 
 
 @operations.get("/metrics")
