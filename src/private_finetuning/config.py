@@ -138,15 +138,22 @@ class CsvTemplate(Section):
 
 
 def _check_template(template: str, where: str) -> None:
-    """Only ``{column}`` fields: no positional ``{}``, no ``{a.b}`` or ``{a[0]}``, balanced braces."""
+    """Only ``{column}`` fields: no positional ``{}``, no ``{a.b}`` or ``{a[0]}``, no ``!r`` conversion or ``:d``
+    format spec (a cell is text: ``{n:d}`` or ``{n!x}`` would fail on the first row, after validation), balanced
+    braces."""
     try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
     except ValueError as exc:
         raise ConfigError(f"{where}: not a valid format string ({exc}); write a literal brace as {{{{ or }}}}") \
             from None
-    for name in fields:
+    for name, spec, conversion in fields:
         if not name or name.isdigit() or "." in name or "[" in name:
             raise ConfigError(f"{where}: field {{{name}}} must name a CSV column, like {{question}}")
+        if spec or conversion:
+            raise ConfigError(f"{where}: field {{{name}}} has a {'format spec' if spec else 'conversion'} "
+                              f"({':' + spec if spec else '!' + conversion}); a CSV cell is inserted as it is "
+                              f"written, as {{{name}}}")
 
 
 class DatasetSource(Section):
