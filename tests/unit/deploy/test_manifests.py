@@ -349,6 +349,31 @@ def test_every_job_mounts_the_config_and_fails_fast_on_bad_input(rendered: list[
         assert container["resources"]["requests"] and container["resources"]["limits"]
 
 
+def job_specs(obj: dict) -> list[dict]:
+    """The Job specs of a workload: a Job's own, or each replicated Job of a TrainingRuntime."""
+    if obj["kind"] in ("TrainingRuntime", "ClusterTrainingRuntime"):
+        return [job["template"]["spec"] for job in obj["spec"]["template"]["spec"]["replicatedJobs"]]
+    return [obj["spec"]] if obj["kind"] == "Job" else []
+
+
+def test_every_pod_failure_policy_has_restart_policy_never(rendered: list[dict]) -> None:
+    """Kubernetes refuses a Job whose podFailurePolicy comes with any other restartPolicy (JobSet defaults an empty
+    one to OnFailure): the distributed overlay's runtime once left it out and could never start."""
+    specs = [spec for obj in rendered for spec in job_specs(obj) if "podFailurePolicy" in spec]
+    assert specs
+    for spec in specs:
+        assert spec["template"]["spec"].get("restartPolicy") == "Never", spec["template"]["metadata"]
+
+
+def test_the_local_runner_refuses_a_pod_failure_policy_without_restart_policy_never(tmp_path: Path) -> None:
+    rendered = render(REPO / "k8s" / "overlays" / "distributed")
+    for obj in rendered:
+        for spec in job_specs(obj):
+            spec["template"]["spec"].pop("restartPolicy", None)
+    with pytest.raises(ConfigError, match="podFailurePolicy needs the pod template's restartPolicy to be Never"):
+        pods_from_manifests(runnable(rendered), repo=REPO, state=tmp_path)
+
+
 def runnable(rendered: list[dict]) -> list[dict]:
     """What the local runner runs: pods of one container (the gpu overlay's inference pod has a vLLM sidecar)."""
     return [o for o in rendered if not any(len(t["spec"]["containers"]) > 1 for t in pod_templates(o))]

@@ -152,6 +152,12 @@ def _job_policy(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] != "Job":
         return {}
     spec = obj["spec"]
+    restart = spec["template"]["spec"].get("restartPolicy")
+    if "podFailurePolicy" in spec and restart != "Never":
+        # As the API server does: 'only "Never" is supported when podFailurePolicy is specified'.
+        raise ConfigError(f"Job/{obj['metadata']['name']}: a podFailurePolicy needs the pod template's restartPolicy "
+                          f"to be Never, not {restart or 'unset (defaulted to OnFailure by JobSet)'}; the API server "
+                          "refuses it")
     codes_by_action: dict[str, set[int]] = {"FailJob": set(), "Ignore": set()}
     for rule in spec.get("podFailurePolicy", {}).get("rules", []):
         codes = rule.get("onExitCodes")
