@@ -156,3 +156,12 @@ def test_one_exit_code_for_a_node_of_several_workers() -> None:
     assert workers_exit_code([EXIT_INTERRUPTED, -9]) == EXIT_INTERRUPTED  # a clean stop: a new pod, not a failure
     assert workers_exit_code([0, -9]) == 137  # SIGKILL as the kubelet reports it
     assert workers_exit_code([]) == 1
+
+
+def test_fewer_batches_than_ranks_is_refused_before_the_first_step(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Every fact in one batch, two ranks: an epoch would have no optimizer step, and both ranks once spun until
+    the Job's deadline. Both now stop at once with exit 2, saying why."""
+    config = write_config(tmp_path / "p.yaml", {"training": {**TRAINING, "batch_size": 4096, "max_steps": 5}})
+    results = finish(start_nodes(config, inputs), timeout=120)
+    assert [code for code, _ in results] == [2, 2], [err[-1500:] for _, err in results]
+    assert "fewer than the 2 ranks" in results[0][1] and "lower training.batch_size" in results[0][1]

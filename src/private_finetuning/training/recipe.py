@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from private_finetuning.data.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.data.record import read_split
-from private_finetuning.errors import InputDataError, Interrupted, PipelineError, SourceError, Termination
+from private_finetuning.errors import ConfigError, InputDataError, Interrupted, PipelineError, SourceError, Termination
 from private_finetuning.models import host
 from private_finetuning.models.device import select_device
 from private_finetuning.models.loading import load_published_model
@@ -284,7 +284,14 @@ class TrainingRun:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg), lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay, fused=self.device.name == "cuda")
-        steps_per_epoch = len(optimizer_steps(self.epoch_order(0, None), cfg.gradient_accumulation_steps, dist))
+        first_epoch = self.epoch_order(0, None)
+        steps_per_epoch = len(optimizer_steps(first_epoch, cfg.gradient_accumulation_steps, dist))
+        if steps_per_epoch == 0:  # every rank computes this alike, so all stop here, before any step's collective
+            raise ConfigError(
+                f"training: {len(self.groups)} facts in batches of {cfg.batch_size} make {len(first_epoch)} "
+                f"batch(es) per epoch, fewer than the {dist.world_size} ranks x "
+                f"{cfg.gradient_accumulation_steps} accumulation steps one optimizer step needs, so no step could "
+                "ever run; lower training.batch_size or gradient_accumulation_steps, or train on fewer ranks")
         self.schedule = plan(cfg, len(self.groups), steps_per_epoch, dist.world_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lr_lambda(cfg, lambda: self.schedule.total_steps))
