@@ -22,7 +22,7 @@ from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import open_artifact
 from private_finetuning.config import PipelineConfig, parse_config
 from private_finetuning.serving.app import create_app
-from private_finetuning.serving.engines.base import Engine, Request
+from private_finetuning.serving.engines.base import Engine, LoadedModel, Request
 from private_finetuning.serving.engines.transformers import TransformersEngine
 from private_finetuning.stages import peft_training
 
@@ -446,10 +446,12 @@ def test_only_a_promoted_adapter_is_swapped_in_and_a_broken_one_refused(tmp_path
     adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
     (adapter.path / "adapter_model.safetensors").write_bytes(b"corrupt")
     promotion.promote(volumes["fine-tuned-model"], adapter, report_digest=None, by="test", reason="test")
-    wait_until(lambda: (third, engine.loaded.base_digest) in engine.refused)
+    refused = promotion.current(volumes["fine-tuned-model"]).served  # what this promotion names, refused
+    wait_until(lambda: refused in engine.refused)
+    assert refused[:2] == (third, engine.loaded.base_digest)
     assert engine.loaded.adapter_digest == second  # the old pair keeps serving
     assert client.post("/prompt", json={"input_prompt": "hi"}).status_code == 200
-    why = engine.refused[(third, engine.loaded.base_digest)]
+    why = engine.refused[refused]
     assert "adapter_model.safetensors: size 7 != " in why and str(tmp_path) not in why
 
 
@@ -644,8 +646,10 @@ def test_a_new_base_is_never_mixed_with_an_adapter_trained_on_another(tmp_path: 
     assert engine.loaded.base_digest == base2
 
     promotion.rollback(volumes["fine-tuned-model"], by="test")  # the first adapter again: its base is gone
-    wait_until(lambda: (first, base1) in engine.refused)
-    assert "trained on base model" in engine.refused[(first, base1)]
+    refused = promotion.current(volumes["fine-tuned-model"]).served
+    assert refused[:2] == (first, base1)
+    wait_until(lambda: refused in engine.refused)
+    assert "trained on base model" in engine.refused[refused]
     assert (engine.loaded.adapter_digest, engine.loaded.base_digest) == (second, base2)
 
 
@@ -663,3 +667,37 @@ def test_a_stream_the_worker_never_ends_closes_at_its_deadline(monkeypatch: pyte
     assert openai_view._next_piece(stuck) == "partial"
     assert openai_view._next_piece(stuck) is None and time.monotonic() - start < 5
     assert stuck.cancelled and "deadline" in stuck.error
+
+
+class Recording(Engine):
+    """An engine whose loading is recorded, and refused for served weights named 'bad'."""
+
+    def _load(self, base, tokenizer_artifact, adapter, promoted: promotion.Promotion):
+        from private_finetuning.errors import ArtifactError
+
+        if promoted.served_weights == "bad":
+            raise ArtifactError("its served model is broken")
+        self.loads = [*getattr(self, "loads", []), promoted.served]
+        tokenizer, eos = self._tokenizer(tokenizer_artifact)
+        return LoadedModel(None, tokenizer, eos, adapter.manifest.digest, adapter.manifest.name,
+                           served_model_digest=promoted.served_model_digest, weights=promoted.served_weights)
+
+
+def test_a_new_promotion_of_the_same_adapter_is_served_and_a_refusal_blocks_only_itself(
+        volumes: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """By hand (fused), then the evaluation's judged int8 model, then fp32, of one adapter: each is another model.
+    A broken one is refused, and the corrected promotion of the same adapter after it is still loaded."""
+    from dataclasses import replace
+
+    engine = Recording(serving_config(), base_model=volumes["base-model"], base_tokenizer=volumes["base-tokenizer"],
+                       fine_tuned=volumes["fine-tuned-model"])
+    by_hand = promotion.current(volumes["fine-tuned-model"])
+    judged = replace(by_hand, served_model_digest="a" * 64, served_weights="int8", served_precision="f32", sequence=2)
+    broken = replace(judged, served_model_digest="b" * 64, served_weights="bad", sequence=3)
+    fp32 = replace(judged, served_model_digest="c" * 64, served_weights="fp32", sequence=4)
+    for promoted in (by_hand, judged, judged, broken, broken, fp32):
+        monkeypatch.setattr(promotion, "current", lambda volume, p=promoted: p)
+        engine._follow_promotion()
+    assert engine.loads == [by_hand.served, judged.served, fp32.served]  # each once, the broken one never
+    assert list(engine.refused) == [broken.served]
+    assert engine.loaded.served_model_digest == "c" * 64 and engine.loaded.weights == "fp32"

@@ -63,6 +63,14 @@ class Promotion:
     served_weights: str = ""
     served_precision: str = ""
 
+    @property
+    def served(self) -> tuple[str, ...]:
+        """What a server must serve for this promotion: the adapter on its base and tokenizer, and the judged served
+        model at its weights and precision. Two promotions of the same adapter can differ here (one by hand, then the
+        evaluation's; int8 judged, then fp32), and each means another model."""
+        return (self.adapter_digest, self.base_model_digest, self.base_tokenizer_digest, self.served_model_digest,
+                self.served_weights, self.served_precision)
+
     def tokenizer_digest(self, adapter: Manifest) -> str:
         """The tokenizer the promoted adapter must be served with."""
         return self.base_tokenizer_digest or adapter.source.get("base_tokenizer", {}).get("digest", "")

@@ -7,7 +7,7 @@ queue refuses work instead of piling it up.
 
 Only a promoted adapter is served (``promotion.py``): a watcher follows the promotion record, loads
 the promoted version on the base model it was trained on (never another), verifies both, and swaps
-them in between two steps. A refused adapter is remembered and not tried again until something
+them in between two steps. A refused promotion is remembered and not tried again until something
 else is promoted; a failure that may pass (an I/O error) is retried with backoff; until a first
 model is loaded ``/ready`` says why, in words without volume paths.
 """
@@ -69,6 +69,7 @@ class LoadedModel:
     kv_cache_precision: str = ""
     fallback: str | None = None
     tokenizer_path: str = ""  # the published tokenizer it encodes with (the engine process's parent loads it too)
+    promotion: tuple[str, ...] = ()  # the promotion's ``served`` identity this model was loaded for
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Engine:
         self.status = "starting"
         self.generated_tokens = 0
         self.largest_batch = 0
-        self.refused: dict[tuple[str, str], str] = {}  # (adapter digest, base digest) -> why, not retried
+        self.refused: dict[tuple[str, ...], str] = {}  # a promotion's served identity -> why; not retried
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -161,9 +162,9 @@ class Engine:
             self.status = "waiting for an adapter that evaluation has promoted"
             return
         loaded = self.loaded
-        if loaded is not None and loaded.adapter_digest == promoted.adapter_digest:
-            return
-        key = (promoted.adapter_digest, promoted.base_model_digest)
+        key = promoted.served
+        if loaded is not None and loaded.promotion == key:
+            return  # already serving exactly what this promotion names
         if key in self.refused:
             return  # refused before: wait for another promotion instead of reloading it every poll
         base_manifest = current_version(self.base_model, BASE_MODEL.artifact)
@@ -181,7 +182,7 @@ class Engine:
             self._check_tokenizer(promoted, adapter.manifest, tokenizer.manifest.digest)
             self.status = "loading the model"
             fresh = self._load(base, tokenizer, adapter, promoted)
-            fresh.tokenizer_path = str(tokenizer.path)
+            fresh.tokenizer_path, fresh.promotion = str(tokenizer.path), key
         except ArtifactError as exc:
             self.refused[key] = self._public(exc)
             still = f"still serving {loaded.adapter_digest[:12]}" if loaded else "nothing else to serve"
