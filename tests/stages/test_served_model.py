@@ -17,7 +17,7 @@ from test_openvino_engine import convert
 from helpers import publish_inputs, write_config
 from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import open_artifact
-from private_finetuning.errors import EXIT_GATE_FAILED
+from private_finetuning.errors import EXIT_GATE_FAILED, ArtifactError
 from private_finetuning.serving.app import create_app
 from private_finetuning.serving.engines.base import Engine
 from private_finetuning.serving.engines.openvino import OpenVINOEngine
@@ -126,13 +126,34 @@ def test_a_served_model_of_another_adapter_is_refused(tmp_path: Path, judged: Pa
     copy = {**volumes, "fine-tuned-model": volume}
     train_adapter(tmp_path, copy, seed=5, promote=False)
     other = open_artifact(volume, "adapter", "lora-adapter")
-    promotion.promote(volume, other, report_digest=None, by="test", reason="test", served=served)
+    promotion.promote(volume, other, report_digest=promotion.judged_by(served.manifest), by="test", reason="test",
+                      served=served)
     engine = engine_on(volumes, volume)
     try:
         wait_until(lambda: "refused" in engine.status)
         assert engine.loaded is None and "has adapter" in engine.status
     finally:
         engine.stop()
+
+
+def test_only_a_served_model_the_promoted_report_judged_is_promoted(tmp_path: Path, judged: Path) -> None:
+    """An evaluation that published its report and died before its served model: the retry must not promote the
+    served model another report of the same adapter judged (other weights, another precision)."""
+    volume = tmp_path / "fine-tuned-model"
+    shutil.copytree(judged, volume, symlinks=True)
+    before = promotion.current(volume)
+    adapter = promotion.adapter_of(volume, before)
+    served = open_artifact(volume, "served-model", "served-model-openvino")
+    other_report = "f" * 64
+    with pytest.raises(ArtifactError, match=r"was judged by report .* not the promoted report ffffffffffff"):
+        promotion.promote(volume, adapter, report_digest=other_report, by="test", reason="test", served=served)
+    assert promotion.current(volume) == before  # nothing recorded
+    # Looked up by the volume rather than handed over: not named at all, so the server fuses and says so.
+    named = promotion.promote(volume, adapter, report_digest=other_report, by="test", reason="retry")
+    assert named.served_model_version == "" and named.report_digest == other_report
+    # Its own report finds it again.
+    again = promotion.promote(volume, adapter, report_digest=before.report_digest, by="test", reason="again")
+    assert again.served_model_digest == served.manifest.digest
 
 
 def test_without_a_served_model_the_adapter_is_fused_and_the_server_says_so(

@@ -102,14 +102,24 @@ def adapter_of(volume: Path, promotion: Promotion) -> Artifact:
     return Artifact(path, manifest)
 
 
-def served_model_of(volume: Path, adapter_digest: str) -> Artifact | None:
-    """The newest served model built for this adapter that is still on the volume (verified), or None."""
+def judged_by(served: Manifest) -> str | None:
+    """The digest of the evaluation report that judged a served model (recorded in its manifest's source)."""
+    return served.source.get("report", {}).get("digest")
+
+
+def served_model_of(volume: Path, adapter_digest: str, report_digest: str | None) -> Artifact | None:
+    """The newest served model built for this adapter and judged by this report that is still on the volume
+    (verified), or None; None too without a report: a served model is served only under the report that judged
+    it (another report may have judged other weights or another precision)."""
+    if report_digest is None:
+        return None
     root = volume / SERVED_MODEL.artifact
     versions = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()),
                       key=lambda p: p.name, reverse=True) if root.is_dir() else []
     for path in versions:
         try:  # the manifest says which adapter it was built for; only that one is hashed (138 MB each)
-            if Manifest.from_file(path / MANIFEST).metadata.get("adapter_digest") != adapter_digest:
+            manifest = Manifest.from_file(path / MANIFEST)
+            if manifest.metadata.get("adapter_digest") != adapter_digest or judged_by(manifest) != report_digest:
                 continue
             return Artifact(path, verify(path, SERVED_MODEL.kind))
         except ArtifactError as exc:
@@ -138,8 +148,10 @@ def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: s
     """Make ``adapter`` (one published, verified version) the one that is served.
 
     ``served`` is the served model the evaluation judged; without it (``pft promote``, ``pft rollback``) the
-    newest one on the volume built for this adapter is named, if any: the server then serves it, else it
-    fuses the adapter into the base IR and says that it does.
+    newest one on the volume built for this adapter and judged by ``report_digest`` is named, if any: the
+    server then serves it, else it fuses the adapter into the base IR and says that it does. A served model
+    that ``report_digest`` did not judge is refused (ArtifactError): a retried evaluation whose first try
+    died between its report and its served model must not promote one another report judged.
 
     One promotion at a time per volume (the evaluation, ``pft rollback``, another run): the record read,
     the links and the new record are one step under the volume's promotion lock, so two promotions never
@@ -151,7 +163,11 @@ def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: s
                             f"({on_volume.digest[:12]} != {adapter.manifest.digest[:12]})")
     with volume_lock(volume, "promotion"):
         before = current(volume)
-        served = served or served_model_of(volume, adapter.manifest.digest)
+        served = served or served_model_of(volume, adapter.manifest.digest, report_digest)
+        if served is not None and judged_by(served.manifest) != report_digest:
+            raise ArtifactError(f"served model {served.path.resolve().name} was judged by report "
+                                f"{str(judged_by(served.manifest))[:12]}, not the promoted report "
+                                f"{str(report_digest)[:12]}; it is not promoted with it")
         if before is not None and before.adapter_digest == adapter.manifest.digest and \
                 before.report_digest == report_digest and \
                 before.served_model_digest == (served.manifest.digest if served else ""):

@@ -96,7 +96,8 @@ def evaluate(ctx: StageContext, scratch: Path) -> Judged:
                      serving and ctx.config.serving.max_batch_size)
     existing = already_published(ctx, ctx.args.fine_tuned, ARTIFACT, KIND, fp)
     if existing is not None and (not serving or
-                                 promotion.served_model_of(ctx.args.fine_tuned, inputs["adapter"].manifest.digest)):
+                                 promotion.served_model_of(ctx.args.fine_tuned, inputs["adapter"].manifest.digest,
+                                                           existing.manifest.digest)):
         return Judged(EvaluationReport.loads(existing.file("report.json").read_text()), existing, inputs["adapter"])
     ctx.log.info("device: %s", device.description)
     builder = Builder(ctx.config, inputs["base"], inputs["tokenizer"], inputs["adapter"], scratch) if serving else None
