@@ -162,34 +162,41 @@ def promote(volume: Path, adapter: Artifact, *, report_digest: str | None, by: s
         raise ArtifactError(f"adapter version {version} is not the adapter that was judged "
                             f"({on_volume.digest[:12]} != {adapter.manifest.digest[:12]})")
     with volume_lock(volume, "promotion"):
-        before = current(volume)
-        served = served or served_model_of(volume, adapter.manifest.digest, report_digest)
-        if served is not None and judged_by(served.manifest) != report_digest:
-            raise ArtifactError(f"served model {served.path.resolve().name} was judged by report "
-                                f"{str(judged_by(served.manifest))[:12]}, not the promoted report "
-                                f"{str(report_digest)[:12]}; it is not promoted with it")
-        if before is not None and before.adapter_digest == adapter.manifest.digest and \
-                before.report_digest == report_digest and \
-                before.served_model_digest == (served.manifest.digest if served else ""):
-            log.info("adapter %s is already promoted; nothing to do", adapter.manifest.digest[:12])
-            return before
-        source = adapter.manifest.source
-        promotion = Promotion(
-            adapter_version=version, adapter_digest=adapter.manifest.digest, adapter_name=adapter.manifest.name,
-            base_model_digest=source.get("base_model", {}).get("digest", ""),
-            base_tokenizer_digest=source.get("base_tokenizer", {}).get("digest", ""),
-            report_digest=report_digest, promoted_by=by, promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            reason=reason, sequence=before.sequence + 1 if before else 1, **_served_fields(served))
-        # Protect the versions before the record names them: training's pruning honours these links.
-        if before is not None and before.adapter_version != version:
-            hold_reference(volume, ADAPTER.artifact, PREVIOUS, before.adapter_version, missing_ok=True)
-        hold_reference(volume, ADAPTER.artifact, PROMOTED, version)
-        if before is not None and before.served_model_version and before.served_model_version != \
-                promotion.served_model_version:
-            hold_reference(volume, SERVED_MODEL.artifact, PREVIOUS, before.served_model_version, missing_ok=True)
-        if served is not None:
-            hold_reference(volume, SERVED_MODEL.artifact, PROMOTED, promotion.served_model_version)
-        _record(volume, promotion, by, reason)
+        return _promote_locked(volume, adapter, report_digest=report_digest, by=by, reason=reason, served=served)
+
+
+def _promote_locked(volume: Path, adapter: Artifact, *, report_digest: str | None, by: str, reason: str,
+                    served: Artifact | None) -> Promotion:
+    """:func:`promote`'s record and links; the caller holds the volume's promotion lock."""
+    version = adapter.path.resolve().name
+    before = current(volume)
+    served = served or served_model_of(volume, adapter.manifest.digest, report_digest)
+    if served is not None and judged_by(served.manifest) != report_digest:
+        raise ArtifactError(f"served model {served.path.resolve().name} was judged by report "
+                            f"{str(judged_by(served.manifest))[:12]}, not the promoted report "
+                            f"{str(report_digest)[:12]}; it is not promoted with it")
+    if before is not None and before.adapter_digest == adapter.manifest.digest and \
+            before.report_digest == report_digest and \
+            before.served_model_digest == (served.manifest.digest if served else ""):
+        log.info("adapter %s is already promoted; nothing to do", adapter.manifest.digest[:12])
+        return before
+    source = adapter.manifest.source
+    promotion = Promotion(
+        adapter_version=version, adapter_digest=adapter.manifest.digest, adapter_name=adapter.manifest.name,
+        base_model_digest=source.get("base_model", {}).get("digest", ""),
+        base_tokenizer_digest=source.get("base_tokenizer", {}).get("digest", ""),
+        report_digest=report_digest, promoted_by=by, promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        reason=reason, sequence=before.sequence + 1 if before else 1, **_served_fields(served))
+    # Protect the versions before the record names them: training's pruning honours these links.
+    if before is not None and before.adapter_version != version:
+        hold_reference(volume, ADAPTER.artifact, PREVIOUS, before.adapter_version, missing_ok=True)
+    hold_reference(volume, ADAPTER.artifact, PROMOTED, version)
+    if before is not None and before.served_model_version and before.served_model_version != \
+            promotion.served_model_version:
+        hold_reference(volume, SERVED_MODEL.artifact, PREVIOUS, before.served_model_version, missing_ok=True)
+    if served is not None:
+        hold_reference(volume, SERVED_MODEL.artifact, PROMOTED, promotion.served_model_version)
+    _record(volume, promotion, by, reason)
     log.info("promoted adapter %s (version %s) by %s: %s", adapter.manifest.digest[:12], version, by, reason)
     return promotion
 
@@ -227,17 +234,21 @@ def history(volume: Path) -> list[Promotion]:
 
 
 def rollback(volume: Path, *, by: str) -> Promotion:
-    """Promote again the adapter that was promoted before the current one."""
-    now = current(volume)
-    if now is None:
-        raise ArtifactError(f"{volume}: nothing is promoted, so there is nothing to roll back")
-    earlier = [p for p in history(volume) if p.adapter_digest != now.adapter_digest]
-    if not earlier:
-        raise ArtifactError(f"{volume}: no earlier promotion of another adapter is recorded")
-    target = earlier[0]
-    adapter = adapter_of(volume, target)
-    return promote(volume, adapter, report_digest=target.report_digest, by=by,
-                   reason=f"rollback from {now.adapter_digest[:12]} to {target.adapter_digest[:12]}")
+    """Promote again the adapter that was promoted before the current one.
+
+    Decided and recorded under the promotion lock: an evaluation promoting meanwhile is rolled back from,
+    never overwritten by a target chosen before it."""
+    with volume_lock(volume, "promotion"):
+        now = current(volume)
+        if now is None:
+            raise ArtifactError(f"{volume}: nothing is promoted, so there is nothing to roll back")
+        earlier = [p for p in history(volume) if p.adapter_digest != now.adapter_digest]
+        if not earlier:
+            raise ArtifactError(f"{volume}: no earlier promotion of another adapter is recorded")
+        target = earlier[0]
+        return _promote_locked(volume, adapter_of(volume, target), report_digest=target.report_digest, by=by,
+                               reason=f"rollback from {now.adapter_digest[:12]} to {target.adapter_digest[:12]}",
+                               served=None)
 
 
 def report_for(volume: Path, adapter: Manifest) -> str | None:

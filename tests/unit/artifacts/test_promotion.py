@@ -97,3 +97,33 @@ def test_the_promotion_records_the_tokenizer_the_adapter_was_trained_with(tmp_pa
                                                   "base_tokenizer": {"digest": "t" * 64}})
     promoted = promotion.promote(tmp_path, adapter, report_digest=None, by="test", reason="a")
     assert promoted.base_tokenizer_digest == "t" * 64 == promotion.current(tmp_path).base_tokenizer_digest
+
+
+def test_an_evaluation_promoting_during_a_rollback_is_never_overwritten(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """rollback once chose its target before taking the promotion lock: an evaluation promoting in between was
+    overwritten by a rollback to an adapter chosen from an older state. Now the evaluation waits for the lock and
+    its promotion is the one in force after both."""
+    import threading
+
+    a, b = publish_adapter(tmp_path, "a", keep=5), publish_adapter(tmp_path, "b", keep=5)
+    promotion.promote(tmp_path, a, report_digest=None, by="test", reason="a")
+    promotion.promote(tmp_path, b, report_digest=None, by="test", reason="b")
+    c = publish_adapter(tmp_path, "c", keep=5)
+    evaluation = threading.Thread(target=lambda: promotion.promote(tmp_path, c, report_digest=None, by="evaluation",
+                                                                   reason="c passed its gates"))
+    real_history = promotion.history
+
+    def history_while_an_evaluation_promotes(volume: Path) -> list[promotion.Promotion]:
+        seen = real_history(volume)  # the rollback's view, then the evaluation tries to promote c
+        evaluation.start()
+        evaluation.join(1.0)  # without the lock it would finish here, before the rollback records
+        return seen
+
+    monkeypatch.setattr(promotion, "history", history_while_an_evaluation_promotes)
+    back = promotion.rollback(tmp_path, by="pft rollback")
+    evaluation.join(10)
+    assert back.adapter_digest == a.manifest.digest
+    assert promotion.current(tmp_path).adapter_digest == c.manifest.digest  # the evaluation's, after the rollback
+    monkeypatch.setattr(promotion, "history", real_history)
+    assert [p.reason for p in promotion.history(tmp_path)][:2] == ["c passed its gates", back.reason]
