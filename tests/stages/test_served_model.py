@@ -176,3 +176,24 @@ def test_without_a_served_model_the_adapter_is_fused_and_the_server_says_so(
         wait_until(lambda: engine.loaded is not None and engine.loaded.fallback is None)
     finally:
         engine.stop()
+
+
+def test_an_export_whose_served_model_later_promotions_pruned_is_retried_not_failed(tmp_path: Path,
+                                                                                     judged: Path) -> None:
+    from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_FAILURE, PipelineError
+    from private_finetuning.stages.model_export import served_model_now
+
+    for case in ("moved on", "still promoted"):
+        volume = tmp_path / case.replace(" ", "-")
+        shutil.copytree(judged, volume, symlinks=True)
+        promoted = promotion.current(volume)
+        if case == "moved on":  # a promotion by hand of the same adapter names no served model
+            promotion.promote(volume, promotion.adapter_of(volume, promoted), report_digest=None, by="test",
+                              reason="moved on")
+        shutil.rmtree(volume / "served-model" / promoted.served_model_version)  # pruned under the running export
+        with pytest.raises(PipelineError) as failed:
+            served_model_now(volume, promoted)
+        if case == "moved on":  # the Job's next pod exports what is promoted then
+            assert failed.value.exit_code == EXIT_FAILURE and "the promotion moved on" in str(failed.value)
+        else:  # still named by the promotion in force, and gone: the volume is broken, no retry helps
+            assert failed.value.exit_code == EXIT_BAD_INPUT and "is not on the volume" in str(failed.value)

@@ -33,7 +33,7 @@ from private_finetuning.artifacts.store import (
 from private_finetuning.data.facts import fact_accuracy
 from private_finetuning.data.heldout import pick_questions
 from private_finetuning.data.record import Record
-from private_finetuning.errors import ArtifactTimeout, GateFailed, PipelineError
+from private_finetuning.errors import ArtifactError, ArtifactTimeout, GateFailed, PipelineError
 from private_finetuning.evaluation.report import EvaluationReport
 from private_finetuning.export import gguf_file, model_card, ollama
 from private_finetuning.models.generation import answer_questions
@@ -163,9 +163,25 @@ def check_round_trip(ctx: StageContext, folder: Path, ggufs: dict[str, str], que
     return result
 
 
+def served_model_now(volume: Path, promoted: promotion.Promotion) -> Artifact:
+    """The promoted served model, verified. If it is gone because later promotions moved on (and pruned it) while
+    this export ran, that is a retryable failure: the Job's next pod exports what is promoted then. If it is gone
+    while still promoted, the volume is broken: ArtifactError, exit 2."""
+    try:
+        return promotion.served_model(volume, promoted)
+    except ArtifactError:
+        now = promotion.current(volume)
+        if now is not None and now.served != promoted.served:
+            raise PipelineError(f"the promotion moved on to adapter {now.adapter_digest[:12]} while this export ran, "
+                                f"and the served model {promoted.served_model_version} was pruned; the next pod "
+                                "exports what is promoted now") from None
+        raise
+
+
 def copy_served_model(ctx: StageContext, promoted: promotion.Promotion, folder: Path) -> str:
-    """The served model the evaluation judged, as an export (OpenVINO Model Server reads such a folder); what it is."""
-    served = promotion.served_model(ctx.args.fine_tuned, promoted)
+    """The served model the evaluation judged, as an export (OpenVINO Model Server reads such a folder); what it is.
+    Copied first, before the minutes of merging and GGUF, so that a later promotion has little time to prune it."""
+    served = served_model_now(ctx.args.fine_tuned, promoted)
     folder.mkdir()
     for path in served.path.iterdir():
         if path.is_file() and path.name != MANIFEST:
@@ -179,10 +195,13 @@ def write_export(ctx: StageContext, inputs: dict[str, Artifact], promoted: promo
     """Fill ``folder`` (the staging folder) with every export and return the metadata of the artifact."""
     cfg, name = ctx.config.export, ctx.config.serving.model_name
     adapter, tok = inputs["adapter"], inputs["tokenizer"]
+    files: dict[str, str] = {}
+    if promoted.served_model_version:
+        files[f"{OPENVINO}/"] = copy_served_model(ctx, promoted, folder / OPENVINO)
     state, tokenizer = write_merged(ctx, inputs["base"], tok.path, adapter, folder / MERGED)
     config = json.loads((folder / MERGED / "config.json").read_text())
-    files = {f"{MERGED}/": f"the merged model ({cfg.dtype} safetensors) with its tokenizer and chat template, for "
-                           "transformers and vLLM"}
+    files[f"{MERGED}/"] = (f"the merged model ({cfg.dtype} safetensors) with its tokenizer and chat template, for "
+                           "transformers and vLLM")
     ggufs: dict[str, str] = {}
     skipped = gguf_file.unsupported(config, tok.path) if cfg.gguf else "export.gguf is empty"
     if skipped:
@@ -201,8 +220,6 @@ def write_export(ctx: StageContext, inputs: dict[str, Artifact], promoted: promo
         files["Modelfile"] = f"Ollama: `ollama create {name} -f Modelfile`"
     del state
     gc.collect()
-    if promoted.served_model_version:
-        files[f"{OPENVINO}/"] = copy_served_model(ctx, promoted, folder / OPENVINO)
     questions = pick_questions(inputs["dataset"].file("eval.jsonl"), cfg.check_questions)
     eos = tok.manifest.metadata.get("end_of_turn_ids") or [tokenizer.eos_token_id]
     roundtrip = check_round_trip(ctx, folder, ggufs, questions, eos) | ({"gguf_skipped": skipped} if skipped else {})
