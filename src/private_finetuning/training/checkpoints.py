@@ -70,7 +70,7 @@ def _unflatten_optimizer(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[
 
 
 def save(folder: Path, *, stage: str, run_id: str, weights: dict[str, Any], optimizer: dict[str, Any],
-         scheduler: Any, state: TrainingState) -> None:
+         scheduler: Any, state: TrainingState, world_size: int = 1) -> None:
     """Write a checkpoint from whole trainable weights and optimizer state keyed by parameter name
     (``distributed.trainable_state``/``optimizer_state``, gathered from every rank under FSDP)."""
     import torch
@@ -85,14 +85,18 @@ def save(folder: Path, *, stage: str, run_id: str, weights: dict[str, Any], opti
         (writer.path / "state.json").write_text(json.dumps({
             "progress": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
         }, indent=1, default=float))
-        writer.commit(name=f"step-{state.step}", source={"run_id": run_id}, metadata=asdict(state))
+        writer.commit(name=f"step-{state.step}", source={"run_id": run_id, "world_size": world_size},
+                      metadata=asdict(state))
     log.info("checkpoint at step %d saved to %s", state.step, folder / ARTIFACT)
 
 
-def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any) -> TrainingState | None:
+def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any,
+         world_size: int = 1) -> TrainingState | None:
     """Restore the latest checkpoint of ``run_id`` into model/optimizer/scheduler; None if there is none.
 
-    Every rank reads it (the volume is shared) and takes its own shard under FSDP."""
+    Every rank reads it (the volume is shared) and takes its own shard under FSDP. A checkpoint written by
+    another number of ranks is not resumed: a step's batches are shared out by rank, so its position in the
+    epoch would repeat or skip examples. Every rank reads the same record, so all decide alike."""
     import torch
     from safetensors.torch import load_file
 
@@ -107,6 +111,12 @@ def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, schedul
         log.warning("ignoring a checkpoint that does not verify (%s); training from the start", exc)
         return None
     if artifact.manifest.source.get("run_id") != run_id:
+        return None
+    written_by = int(artifact.manifest.source.get("world_size", 1))
+    if written_by != world_size:
+        log.warning("the checkpoint at step %s was written by %d rank(s) and this run has %d: resuming would "
+                    "repeat or skip examples, so training starts over", artifact.manifest.metadata.get("step"),
+                    written_by, world_size)
         return None
     state = json.loads(artifact.file("state.json").read_text())
     tensors = load_file(artifact.file("optimizer.safetensors"))

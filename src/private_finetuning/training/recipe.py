@@ -306,7 +306,7 @@ class TrainingRun:
 
     def _resume(self) -> None:
         state = checkpoints.load(self.checkpoint_dir, run_id=self.run_id, model=self.model, optimizer=self.optimizer,
-                                 scheduler=self.scheduler)
+                                 scheduler=self.scheduler, world_size=self.dist.world_size)
         if state is not None and state.total_steps:
             self.schedule.total_steps = state.total_steps
         if state is not None:
@@ -478,7 +478,8 @@ class TrainingRun:
         weights, optim = trainable_state(self.model), optimizer_state(self.model, self.optimizer)
         if self.dist.is_main:
             checkpoints.save(self.checkpoint_dir, stage=self.stage, run_id=self.run_id, weights=weights,
-                             optimizer=optim, scheduler=self.scheduler, state=self.state)
+                             optimizer=optim, scheduler=self.scheduler, state=self.state,
+                             world_size=self.dist.world_size)
 
     # --- finish ---------------------------------------------------------------------------------------
 
