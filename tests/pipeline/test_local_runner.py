@@ -40,7 +40,8 @@ FAKE_APP = textwrap.dedent('''
 ''')
 
 
-def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600, cpu: dict[str, str] | None = None) -> Path:
+def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600, cpu: dict[str, str] | None = None,
+              deployments: dict[str, str] | None = None) -> Path:
     repo = tmp_path / "repo"
     (repo / "components" / "fake-server").mkdir(parents=True)
     (repo / "components" / "fake-server" / "app.py").write_text(FAKE_APP)
@@ -66,6 +67,16 @@ def fake_repo(tmp_path: Path, jobs: dict[str, str], deadline: int = 600, cpu: di
                     "volumes": [{"name": "vol", "persistentVolumeClaim": {"claimName": name}}]}},
             },
         })
+    for name, mode in (deployments or {}).items():
+        docs.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {
+            "replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": {
+                "metadata": {"labels": {"app": name}}, "spec": {"containers": [{
+                    "name": "fake-server", "image": "fake-server", "workingDir": "/app",
+                    "command": ["python", "app.py"], "args": ["--output", f"/mnt/{name}"],
+                    "env": [{"name": "MODE", "value": mode}],
+                    "resources": {"requests": {"cpu": "100m"}},
+                    "volumeMounts": [{"name": "vol", "mountPath": f"/mnt/{name}"}]}],
+                    "volumes": [{"name": "vol", "persistentVolumeClaim": {"claimName": name}}]}}}})
     (overlay / "jobs.yaml").write_text("---\n".join(json.dumps(d) + "\n" for d in docs))
     (overlay / "kustomization.yaml").write_text("resources: [jobs.yaml]\n")
     return repo
@@ -114,6 +125,31 @@ def test_cpu_requests_weigh_as_cpu_shares_do(tmp_path: Path) -> None:
                 for name in ("small", "training", "server")}
     assert niceness == {"small": 13, "training": 0, "server": 6}
     assert [nice_for(m) for m in (None, 10, 100, 2000)] == [0, 19, 10, 0]
+
+
+def test_a_failed_job_leaves_the_deployments_running_when_asked_to_serve(tmp_path: Path) -> None:
+    """As on a cluster: the export Job fails (its adapter failed its gates), and the inference Deployment goes on
+    serving what is promoted; once stopped, the run reports the failure."""
+    from private_finetuning.deploy.local_runner.controller import Controller
+    from private_finetuning.deploy.local_runner.pods import pods_from_manifests
+    from private_finetuning.deploy.local_runner.runtimes import make_runtime
+    from private_finetuning.deploy.local_runner.scheduling import Node
+    from private_finetuning.deploy.manifests import render
+
+    repo = fake_repo(tmp_path, {"export": "bad"}, deployments={"server": "slow"})
+    state = tmp_path / "state"
+    runtime = make_runtime("process", str(state))
+    for keep in (True, False):
+        pods = pods_from_manifests(render(repo / "k8s" / "overlays" / "test"), repo=repo, state=state / str(keep))
+        controller = Controller(pods, state / str(keep), runtime, Node.this_machine())
+        try:
+            assert controller.run(keep_services=keep) is False
+            (server,) = controller.services
+            assert (server.status == "running") is keep, server.status
+        finally:
+            controller.stop_all("test over", grace_s=1)
+        assert server.status == "stopped"
+    runtime.close()
 
 
 def test_deadline_is_enforced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -167,11 +167,13 @@ class Controller:
 
     # -- the loop -------------------------------------------------------------------------------------
 
-    def run(self, on_tick: Callable[[], None] | None = None) -> bool:
+    def run(self, on_tick: Callable[[], None] | None = None, keep_services: bool = False) -> bool:
         """Create every workload; return once every Job has finished (Deployments keep running).
 
         ``on_tick`` is called on every pass, e.g. to ask the inference server its first question as
-        soon as it is ready while later Jobs (the export) still run."""
+        soon as it is ready while later Jobs (the export) still run. A failed Job stops every pod unless
+        ``keep_services``: then the Deployments go on, as on a cluster, where a failed Job leaves the inference
+        Deployment serving what is promoted."""
         log.info("creating %d jobs and %d deployments together, as a cluster would, on a node of %s (%s engine)",
                  len(self.jobs), len(self.services), self.node, self.runtime.name)
         while any(r.status in ("pending", "running") for r in self.jobs):
@@ -184,7 +186,7 @@ class Controller:
                 on_tick()
             time.sleep(self.poll_s)
         ok = all(r.status == "succeeded" for r in self.jobs)
-        if not ok:
+        if not ok and not (keep_services and any(r.status == "running" for r in self.services)):
             self.stop_all("a job failed")
         return ok
 

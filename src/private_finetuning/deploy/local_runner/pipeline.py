@@ -90,11 +90,11 @@ def run_pipeline(repo: Path, overlay: Path, state: Path, config: Path | None = N
         with _signals(controller):
             try:
                 first = FirstAnswer(controller, question, start)
-                ok = controller.run(on_tick=first.poll if then != "exit" else None)
+                ok = controller.run(on_tick=first.poll if then != "exit" else None, keep_services=then == "serve")
                 print(summary(controller), flush=True)
                 log.info("jobs %s in %s", "succeeded" if ok else "FAILED", format_duration(time.monotonic() - start))
-                if ok and controller.services and then != "exit":
-                    ok = _serve(controller, then, first)
+                if controller.services and then != "exit" and (ok or _serves_after_failure(controller, then, first)):
+                    ok = _serve(controller, then, first) and ok
             except SignalReceived as why:
                 log.warning("%s: stopping every pod (each gets %d s)", why, STOP_GRACE_S)
                 reason = f"interrupted ({why})"
@@ -200,6 +200,17 @@ class FirstAnswer:
         self.answer = ask(port, self.question)
         print(f"\nPOST /prompt {self.question!r}\n-> {self.answer}\n(the first answer, "
               f"{format_duration(time.monotonic() - self.start)} after the start)\n", flush=True)
+
+
+def _serves_after_failure(controller: Controller, then: str, first: FirstAnswer) -> bool:
+    """After a failed Job, under ``--then serve``: whether the Deployments go on serving what is promoted (as on a
+    cluster), which needs something promoted; pft run still exits non-zero once stopped."""
+    if then != "serve" or first.promoted_digest() is None or not any(r.status == "running"
+                                                                     for r in controller.services):
+        return False
+    log.error("a job failed (the summary above says which); the Deployments keep running and the inference server "
+              "serves the adapter the promotion names, as on a cluster; pft run exits non-zero when stopped")
+    return True
 
 
 def _serve(controller: Controller, then: str, first: FirstAnswer) -> bool:
