@@ -89,17 +89,52 @@ class Uniform:
     """A 'model' whose next-token distribution is uniform over ``vocab``: perplexity must be ``vocab``."""
 
     def __init__(self, vocab: int):
-        self.vocab = vocab
-
-    def __call__(self, input_ids, attention_mask):
         import torch
 
-        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
+        self.vocab = vocab
+        self.head = torch.nn.Linear(1, vocab, bias=False)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def __call__(self, input_ids, attention_mask, logits_to_keep):
+        import torch
+
+        return type("Out", (), {"logits": torch.zeros(input_ids.shape[0], len(logits_to_keep), self.vocab)})()
 
 
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size() -> None:
     examples = [Encoded([1, 2, 3, 4], [IGNORE_INDEX, IGNORE_INDEX, 3, 4]), Encoded([5, 6], [IGNORE_INDEX, 6])]
     assert perplexity(Uniform(50), examples, pad_id=0) == pytest.approx(50.0)
+
+
+def test_scores_are_the_same_in_batches_cut_to_the_logit_budget(tiny_model_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logits only at reply positions, in batches cut so a 262,144-token vocabulary (Gemma 3) stays within the
+    budget: the numbers are those of one batch computing every position."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from private_finetuning.models import scoring
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    examples = [Encoded(list(range(3, 3 + n)), [IGNORE_INDEX] * (n // 2) + list(range(3 + n // 2, 3 + n)))
+                for n in (6, 11, 4, 9, 14, 7)]
+    whole = scoring.answer_nll(model, examples, 0, batch_size=64)
+    with torch.inference_mode():  # every position's logits, as before the budget
+        batch = scoring.collate(examples, 0)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 batch["labels"][:, 1:].reshape(-1), reduction="sum")
+    assert whole[0] == pytest.approx(float(full), rel=1e-5)
+    monkeypatch.setattr(scoring, "LOGIT_BUDGET_BYTES", 1)  # one example per batch
+    assert [len(b) for b in scoring.batches(examples, 64, 49_152)] == [1] * len(examples)
+    assert scoring.answer_nll(model, examples, 0, batch_size=64)[0] == pytest.approx(whole[0], rel=1e-5)
+    monkeypatch.undo()
+    # Gemma 3's vocabulary: 512 MiB holds 512 reply positions of logits, so 64 rows of ~50 are cut into several.
+    long = [Encoded(list(range(100)), [IGNORE_INDEX] * 50 + list(range(50))) for _ in range(64)]
+    cut = scoring.batches(long, 64, 262_144)
+    assert sum(map(len, cut)) == 64 and max(map(len, cut)) * 50 * 262_144 * 4 <= scoring.LOGIT_BUDGET_BYTES
 
 
 def test_kl_known_values() -> None:

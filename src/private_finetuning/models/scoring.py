@@ -33,10 +33,45 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+# At most this many bytes of fp32 logits per forward pass: a 262,144-token vocabulary (Gemma 3) at every position
+# of 64 rows made 6 GiB, past the evaluation pod's limit. Batches are cut to fit it (see :func:`batches`).
+LOGIT_BUDGET_BYTES = 512 * 2**20
+
+
 def reply_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits at each position whose next token is a reply token (with the gradient, if one is being taken)."""
+    """Logits at each position whose next token is a reply token (with the gradient, if one is being taken).
+
+    The LM head (a vocabulary-wide product) runs only at the positions some row needs (``logits_to_keep``), through
+    the model's own forward, so architecture-specific logit handling (soft-capping) still applies."""
     keep = batch["labels"][:, 1:] != IGNORE_INDEX
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+    columns = keep.any(dim=0).nonzero().squeeze(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=columns).logits
+    return logits[keep[:, columns]]
+
+
+def _reply_positions(example: Encoded) -> set[int]:
+    return {t for t in range(len(example.labels) - 1) if example.labels[t + 1] != IGNORE_INDEX}
+
+
+def batches(examples: list[Encoded], batch_size: int, vocab: int) -> list[list[Encoded]]:
+    """``examples`` in order, in batches of at most ``batch_size`` whose reply logits fit
+    :data:`LOGIT_BUDGET_BYTES` (a batch holds one example however long it is)."""
+    out: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    columns: set[int] = set()
+    for example in examples:
+        wider = columns | _reply_positions(example)
+        if current and (len(current) == batch_size or (len(current) + 1) * len(wider) * vocab * 4 > LOGIT_BUDGET_BYTES):
+            out.append(current)
+            current, wider = [], _reply_positions(example)
+        current.append(example)
+        columns = wider
+    return [*out, current] if current else out
+
+
+def _vocab(model: PreTrainedModel) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])
 
 
 def _answer_logits(model: PreTrainedModel, examples: list[Encoded], pad_id: int,
@@ -57,8 +92,8 @@ def answer_nll(model: PreTrainedModel, examples: list[Encoded], pad_id: int, dev
     import torch
 
     total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        logits, targets = _answer_logits(model, examples[start:start + batch_size], pad_id, device)
+    for chunk in batches(examples, batch_size, _vocab(model)):
+        logits, targets = _answer_logits(model, chunk, pad_id, device)
         total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
         count += int(targets.numel())
     return total, count
@@ -76,8 +111,8 @@ def answer_log_probs(model: PreTrainedModel, examples: list[Encoded], pad_id: in
     import torch
 
     parts = []
-    for start in range(0, len(examples), batch_size):
-        logits, _ = _answer_logits(model, examples[start:start + batch_size], pad_id, device)
+    for chunk in batches(examples, batch_size, _vocab(model)):
+        logits, _ = _answer_logits(model, chunk, pad_id, device)
         parts.append(torch.log_softmax(logits, dim=-1).cpu())
     return torch.cat(parts)
 
