@@ -384,14 +384,35 @@ def wait_for_artifact(volume: Path, artifact: str, expect_kind: str, *, producer
 
     With ``accept``, a published version it rejects (one made from other inputs, say the previous
     run's) is waited past until the producer publishes one it accepts; ``wanted`` says which in words.
-    Polling reads the manifest only; the files are verified once, when an accepted version is found."""
+    Polling reads the manifest only; the files are verified once, when an accepted version is found.
+    One deadline holds for the whole wait, also when ``current`` moves between the look and the verification
+    (under steady republishing a wait that restarted its clock each time would never time out)."""
     link = Path(volume) / artifact / CURRENT
     start = time.monotonic()
-    next_report = start
+    while True:
+        _await_manifest(link, expect_kind, producer=producer, start=start, timeout_s=timeout_s, poll_s=poll_s,
+                        report_every_s=report_every_s, accept=accept, wanted=wanted)
+        log.info("found %s at %s; verifying checksums", expect_kind, link)
+        found = Artifact(link.resolve(), verify(link.resolve(), expect_kind))
+        if accept is None or accept(found.manifest):
+            return found
+        # `current` moved between the look and the resolve: look again, against the same deadline
+        if time.monotonic() - start >= timeout_s:
+            raise ArtifactTimeout(f"timed out after {time.monotonic() - start:.0f}s waiting for the {expect_kind} "
+                                  f"artifact{' ' + wanted if wanted else ''} at {link / MANIFEST}: it kept changing "
+                                  f"between each look and its verification; it is published by {producer}")
+        time.sleep(poll_s)
+
+
+def _await_manifest(link: Path, expect_kind: str, *, producer: str, start: float, timeout_s: float, poll_s: float,
+                    report_every_s: float, accept: Callable[[Manifest], bool] | None, wanted: str) -> None:
+    """Poll ``link`` until it names a manifest ``accept`` takes (or one that cannot be read: the verification
+    reports it); ArtifactTimeout once ``timeout_s`` has passed since ``start``."""
+    next_report = time.monotonic()
     while True:
         published = _published_manifest(link)
         if published is not None and (accept is None or published is _UNREADABLE or accept(published)):
-            break  # an unreadable manifest is reported by the verification below
+            return
         waited = time.monotonic() - start
         stale = "" if published is None else f" (the published one, {published.digest[:12]}, is not {wanted})"
         if waited >= timeout_s:
@@ -404,12 +425,6 @@ def wait_for_artifact(volume: Path, artifact: str, expect_kind: str, *, producer
                      " " + wanted if wanted else "", producer, link, stale, waited, limit)
             next_report += report_every_s
         time.sleep(poll_s)
-    log.info("found %s at %s; verifying checksums", expect_kind, link)
-    found = Artifact(link.resolve(), verify(link.resolve(), expect_kind))
-    if accept is not None and not accept(found.manifest):  # `current` moved between the look and the resolve
-        return wait_for_artifact(volume, artifact, expect_kind, producer=producer, timeout_s=timeout_s, poll_s=poll_s,
-                                 report_every_s=report_every_s, accept=accept, wanted=wanted)
-    return found
 
 
 _UNREADABLE = Manifest(kind="", name="", source={}, files=[], digest="", created_at="", producer={})

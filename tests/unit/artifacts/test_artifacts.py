@@ -198,6 +198,22 @@ def test_wait_returns_once_published(tmp_path: Path) -> None:
     assert artifact.path.name != "current"  # resolved once: a later swap cannot mix versions
 
 
+def test_wait_keeps_one_deadline_when_current_keeps_moving(tmp_path: Path) -> None:
+    """Each time `current` moved between the look and the verification, the wait started again with a fresh
+    timeout (recursively): under steady republishing it never timed out. Here every look says "yes" and every
+    verified version says "no", as if a producer swapped `current` each time: the wait still ends at its deadline."""
+    publish(tmp_path, {"a.txt": "alpha"})
+    looks = iter(range(1_000_000))
+
+    def moving(manifest: object) -> bool:
+        return next(looks) % 2 == 0  # the look accepts, the verified version (a moment later) does not
+
+    start = time.monotonic()
+    with pytest.raises(ArtifactTimeout, match="timed out after"):
+        wait_for_artifact(tmp_path, "art", "test-kind", producer="p", timeout_s=0.5, poll_s=0.01, accept=moving)
+    assert time.monotonic() - start < 5
+
+
 def test_wait_refuses_a_corrupt_publish(tmp_path: Path) -> None:
     path = publish(tmp_path, {"a.txt": "alpha"})
     (path / "a.txt").write_text("omega")
