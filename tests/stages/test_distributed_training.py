@@ -165,3 +165,27 @@ def test_fewer_batches_than_ranks_is_refused_before_the_first_step(inputs: dict[
     results = finish(start_nodes(config, inputs), timeout=120)
     assert [code for code, _ in results] == [2, 2], [err[-1500:] for _, err in results]
     assert "fewer than the 2 ranks" in results[0][1] and "lower training.batch_size" in results[0][1]
+
+
+AGREE = """
+import os, sys
+import torch.distributed as dist
+from private_finetuning.training.distributed import Distributed
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[2]}", rank=rank, world_size=2)
+d = Distributed(rank=rank, world_size=2)
+print(d.any(rank == 1), d.any(False), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_a_decision_one_rank_makes_is_taken_by_every_rank() -> None:
+    """Stale inputs, an adapter already published, a SIGTERM during setup: whatever one rank sees, all act on, so
+    none stops alone while the others wait in their next collective."""
+    port = str(free_port())
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", AGREE, str(rank), port], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outputs = [r.communicate(timeout=120) for r in ranks]
+    assert [r.returncode for r in ranks] == [0, 0], [err[-800:] for _, err in outputs]
+    assert [out.split() for out, _ in outputs] == [["True", "False"], ["True", "False"]]

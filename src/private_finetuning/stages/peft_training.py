@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from private_finetuning.artifacts.store import ADAPTER, BASE_MODEL, BASE_TOKENIZER, DATASET, ArtifactWriter
-from private_finetuning.errors import Interrupted
+from private_finetuning.errors import Interrupted, Termination
 from private_finetuning.stages.common import (
     StageContext,
     adapter_fingerprint,
@@ -77,32 +77,38 @@ def train(ctx: StageContext, status: StageStatus, dist: Distributed) -> None:
     inputs = TrainingInputs(wait_for_output(cfg, a.datasets, DATASET), wait_for_output(cfg, a.base_model, BASE_MODEL),
                             wait_for_output(cfg, a.base_tokenizer, BASE_TOKENIZER))
     run_id = adapter_fingerprint(cfg, {key: a.manifest.digest for key, a in inputs.by_key().items()})
-    if already_published(ctx, a.output, ARTIFACT, KIND, run_id):
+    # Every decision below is agreed by all ranks (Distributed.any): a rank that stopped alone would leave the
+    # others waiting in their next collective until its timeout. A SIGTERM during setup is held until fit()
+    # starts, where all ranks act on it together.
+    Termination.deferred = dist.enabled
+    if dist.any(already_published(ctx, a.output, ARTIFACT, KIND, run_id) is not None):
         return
     run = TrainingRun(cfg, inputs, out=a.output, run_id=run_id, log=ctx.log, status=status, dist=dist, stage=STAGE,
-                      check_inputs=lambda checkpoints: refuse_stale_inputs(ctx, inputs, checkpoints))
+                      check_inputs=lambda checkpoints: refuse_stale_inputs(ctx, inputs, checkpoints, dist))
     run.setup()
     run.fit()
     result = run.finish()
-    if result is None:
-        return
-    status.update(phase="publishing", detail=str(a.output / ARTIFACT))
-    refuse_stale_inputs(ctx, inputs, run.checkpoint_dir)
-    publish(ctx, result, run_id, inputs)
-    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)  # the adapter is published; its checkpoints are spent
+    status.update(phase="publishing" if result else "done", detail=str(a.output / ARTIFACT))
+    refuse_stale_inputs(ctx, inputs, run.checkpoint_dir, dist, look=result is not None)
+    if result is not None:
+        publish(ctx, result, run_id, inputs)
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)  # the adapter is published; its checkpoints are spent
     dist.barrier()
 
 
-def refuse_stale_inputs(ctx: StageContext, inputs: TrainingInputs, checkpoint_dir: Path) -> None:
+def refuse_stale_inputs(ctx: StageContext, inputs: TrainingInputs, checkpoint_dir: Path, dist: Distributed,
+                        look: bool = True) -> None:
     """Stop (exit 5: a new pod, not a failure) if an input was published again since training read it.
 
     A re-run starts every stage at once: a relocation still publishing this run's dataset or base model
     when training first looked left training on the previous run's. Its adapter would never be the one the
-    evaluation waits for; the next pod trains on what is current instead."""
+    evaluation waits for; the next pod trains on what is current instead. Every rank calls this at the same
+    point and all stop if any saw it (``look``: whether this rank looks; before publishing only rank 0 does)."""
     used = inputs.by_key()
-    now = published_digests(training_input_volumes(ctx.args))
+    now = published_digests(training_input_volumes(ctx.args)) if look else None
     moved = [used[key].manifest.kind for key in used if now is not None and now[key] != used[key].manifest.digest]
-    if moved:
+    if dist.any(bool(moved)):
+        moved = moved or ["input (seen by another rank)"]
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # progress on inputs no longer current: never resumed
         raise Interrupted(f"the {' and '.join(moved)} was published again while training read the previous one (a "
                           "re-run's relocation finished after training started); nothing was published, the next "

@@ -94,6 +94,11 @@ class Distributed:
         dist.all_reduce(tensor)
         return float(tensor.item())
 
+    def any(self, flag: bool) -> bool:
+        """Whether any rank says ``flag``: a decision all ranks take together (a collective: every rank must call
+        it at the same point), so that none stops alone while the others wait in the next collective."""
+        return self.sum(float(flag)) > 0 if self.enabled else flag
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

@@ -336,6 +336,8 @@ class TrainingRun:
 
     def fit(self) -> None:
         """Train to the planned step (the budget may move it), saving a checkpoint on the way out."""
+        if self.dist.any(Termination.requested):  # a SIGTERM during setup, held until every rank got here
+            raise Interrupted("SIGTERM before the first step: no progress to keep; the next pod starts again")
         self.check_inputs(self.checkpoint_dir)
         state = self.state
         self.status.update(phase="training", detail=self.device.description, total_steps=self.total_steps,
@@ -487,8 +489,7 @@ class TrainingRun:
         """Eval loss, samples and projector in TensorBoard; what to publish (None on ranks other than 0)."""
         elapsed = time.monotonic() - self.start
         weights = self.dist.consolidate(self.model)  # every rank: under FSDP it gathers the shards
-        if not self.dist.is_main:  # rank 0 evaluates and publishes; the others are done
-            self.dist.barrier()
+        if not self.dist.is_main:  # rank 0 evaluates and publishes; the others are done (the stage's last barrier)
             return None
         state, cfg = self.state, self.cfg
         self.status.update(phase="evaluating", detail="eval loss and sample answers")
