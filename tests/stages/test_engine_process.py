@@ -18,12 +18,11 @@ from test_inference_server import (  # noqa: F401  (imported tests run again her
     test_api_conforms_to_its_openapi_description,
     test_bad_input_gets_a_json_4xx_and_the_server_keeps_answering,
     test_malformed_chat_messages_get_a_422_naming_the_field,
-    train_adapter,
+    trained_volumes,
     wait_until,
     whole_and_streamed,
 )
 
-from helpers import publish_inputs
 from private_finetuning.config import PipelineConfig
 from private_finetuning.serving.app import create_app
 from private_finetuning.serving.engines import EngineVolumes
@@ -32,10 +31,7 @@ from private_finetuning.serving.engines.process import EngineProcess
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("engine-process")
-    published = publish_inputs(root, tiny_model_dir)
-    train_adapter(root, published, seed=1)
-    return published
+    return trained_volumes(tmp_path_factory.mktemp("engine-process"), tiny_model_dir)
 
 
 def start(volumes: dict[str, Path], config: PipelineConfig) -> EngineProcess:

@@ -105,12 +105,16 @@ def wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def volumes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("serving")
+def trained_volumes(root: Path, tiny_model_dir: Path) -> dict[str, Path]:
+    """Published inputs and one trained, promoted adapter under ``root``."""
     published = publish_inputs(root, tiny_model_dir)
     train_adapter(root, published, seed=1)
     return published
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
+    return trained_volumes(tmp_path_factory.mktemp("serving"), tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
