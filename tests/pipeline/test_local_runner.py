@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pipeline_fixture import FAST_PIPELINE, pft
 
 from helpers import NO_GATES, REPO, published_rows, write_config
 from private_finetuning.artifacts import promotion
@@ -158,11 +159,6 @@ def test_deadline_is_enforced(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert "DeadlineExceeded: activeDeadlineSeconds=1" in capsys.readouterr().out
 
 
-def pft(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "private_finetuning.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, check=False, timeout=900)
-
-
 def test_bad_dataset_through_the_runner_publishes_nothing(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"prompt": "q", "completion": "a"}\n{"prompt": oops}\n')
     config = write_config(tmp_path / "p.yaml", {"dataset": {"source": {"type": "file", "path": "d.jsonl"}}})
@@ -179,30 +175,6 @@ def test_invalid_config_is_refused_before_any_stage_starts(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "dataset.sorce: unknown key" in result.stderr
     assert not (tmp_path / "state").exists()
-
-
-# The embedded default models and manifests, with a dataset small enough for a test, trained long
-# enough (10 epochs of its 16 records) to have learnt what it was taught.
-FAST_PIPELINE = {
-    "dataset": {"source": {"size": "tiny"}},
-    # fp32 on every host: the same steps compute the same adapter on a Zen 4 or AMX host (bf16 there) as elsewhere.
-    "training": {"max_steps": 40, "batch_size": 4, "sample_generations": 1, "projector_tokens": 50,
-                 "precision": "fp32"},
-    # Replies long enough to reach the fact; 8 trained questions per model instead of 48 (each model answers them).
-    # The reference row is judged on tiny models (tests/stages/test_evaluation.py); Gemma's relocation is checked here.
-    "evaluation": {"samples": 4, "max_new_tokens": 32, "trained_samples": 8, "include_reference": False},
-    "export": {"check_questions": 4},
-    # int8 whatever it costs: on 4 questions one answer is 25 points, and the test checks the int8 model is served.
-    "serving": {"openvino": {"max_int8_accuracy_loss": None}},
-}
-
-
-@pytest.fixture(scope="module")
-def default_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The pipeline run once from the repository's own manifests, on the real embedded models."""
-    state = tmp_path_factory.mktemp("pipeline")
-    config = write_config(state / "fast.yaml", FAST_PIPELINE)
-    return state, pft("run", "--state-dir", str(state / "state"), "--config", str(config), "--then", "smoke")
 
 
 @pytest.mark.slow
