@@ -108,3 +108,20 @@ def test_a_killed_engine_process_fails_its_request_with_a_503_and_is_restarted(s
     assert ready["engine_process"]["restarts"] == 1
     assert ready["engine_process"]["last_exit"].startswith("killed by signal 9")
     assert client.get("/health").status_code == 200
+
+
+def test_an_engine_process_stopped_by_sigterm_is_not_an_error_and_still_comes_back(
+        slow: EngineProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """Ctrl-C of pft run, or a pod stopping, sends SIGTERM to the whole process group: the engine process goes first,
+    and the server that is stopping too must not log an error about it. Alone, it is restarted all the same."""
+    import logging
+
+    wait_until(lambda: slow.ready, timeout=120)
+    restarts = slow.restarts
+    with caplog.at_level(logging.INFO, logger="model-inference-server"):
+        os.kill(slow.pid, signal.SIGTERM)
+        wait_until(lambda: slow.restarts == restarts + 1, timeout=60)
+        wait_until(lambda: slow.ready, timeout=120)
+    stopped = [r for r in caplog.records if "stopped by SIGTERM" in r.getMessage()]
+    assert stopped and all(r.levelno == logging.INFO for r in stopped)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

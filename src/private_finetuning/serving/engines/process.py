@@ -41,6 +41,7 @@ STATE_EVERY_S = 0.2  # how often the child sends its state (when it changed)
 POLL_S = 0.05  # how long the parent's reader waits for a message before it looks at cancellations and the child
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0  # between a child's death and its restart, doubling while it keeps dying
 STOP_WAIT_S = 10.0
+SIGTERM_GRACE_S = 5.0  # a SIGTERM to the engine process alone is rare; to the pod's group, the server stops too
 
 
 # --- the child: the real engine behind a pipe -------------------------------------------------------------
@@ -335,8 +336,13 @@ class EngineProcess:
         with self._lock:
             self._down = f"the engine process stopped ({why}); restarting it"
             failed, self._pending = list(self._pending.values()), {}
-        log.error("the engine process stopped (%s) with %d requests in it; they are answered 503, and it is "
-                  "restarted in %.0fs", why, len(failed), backoff)
+        if code == -signal.SIGTERM:  # the pod is stopping (its whole process group got SIGTERM): no alarm, and a
+            backoff = max(backoff, SIGTERM_GRACE_S)  # restart only if this process is still here after a while
+            log.info("the engine process was stopped by SIGTERM with %d requests in it; restarting it in %.0fs "
+                     "unless this server stops too", len(failed), backoff)
+        else:
+            log.error("the engine process stopped (%s) with %d requests in it; they are answered 503, and it is "
+                      "restarted in %.0fs", why, len(failed), backoff)
         for request in failed:
             self._fail(request, f"the engine process stopped ({why}) while answering; retry shortly")
         if self._stop.wait(backoff):
