@@ -196,7 +196,9 @@ class EngineProcess:
         process.start()
         child.close()
         with self._lock:
-            self._process, self._conn, self._state, self._down = process, parent, {}, None
+            old, self._process, self._conn, self._state, self._down = self._conn, process, parent, {}, None
+        if old is not None:
+            old.close()  # the dead child's pipe: one descriptor per restart otherwise
         log.info("started the engine process %d", process.pid)
 
     # --- what the views read ---------------------------------------------------------------------
