@@ -265,5 +265,5 @@ def check_against(ir_dir: Path, model: PreTrainedModel, tokenizer: PreTrainedTok
 
 def _first_difference(got: list[int], expected: list[int]) -> int:
     """Where two token lists first differ (the shorter one's length if one is a prefix of the other)."""
-    return next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
-                min(len(got), len(expected)) if got != expected else len(expected))
+    differing = (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b)
+    return next(differing, min(len(got), len(expected)))
