@@ -61,10 +61,11 @@ def batches(examples: list[Encoded], batch_size: int, vocab: int) -> list[list[E
     current: list[Encoded] = []
     columns: set[int] = set()
     for example in examples:
-        wider = columns | _reply_positions(example)
+        positions = _reply_positions(example)
+        wider = columns | positions
         if current and (len(current) == batch_size or (len(current) + 1) * len(wider) * vocab * 4 > LOGIT_BUDGET_BYTES):
             out.append(current)
-            current, wider = [], _reply_positions(example)
+            current, wider = [], positions
         current.append(example)
         columns = wider
     return [*out, current] if current else out

@@ -161,7 +161,6 @@ class EngineProcess:
         self._ids = itertools.count()
         self._lock = threading.Lock()  # the pending map and the pipe: a request is sent to one child, or failed
         self._stop = threading.Event()
-        self._tokenizer_path = ""
         self._process: Any = None
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
@@ -311,7 +310,7 @@ class EngineProcess:
         self._state = state
 
     def _tokenizer(self, path: str) -> Any:
-        if self.loaded is not None and path == self._tokenizer_path:
+        if self.loaded is not None and path == self.loaded.tokenizer_path:
             return self.loaded.tokenizer
         from transformers import AutoTokenizer
 
@@ -320,7 +319,6 @@ class EngineProcess:
         except Exception:  # the child loaded it a moment ago: a volume fault; the next state tries again
             log.exception("the served tokenizer could not be loaded in the HTTP process")
             return None
-        self._tokenizer_path = path
         return tokenizer
 
     def _forward_cancellations(self) -> None:
