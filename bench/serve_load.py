@@ -59,9 +59,11 @@ def questions(volumes: Path) -> list[str]:
     return [json.loads(line)["messages"][-2]["content"] for line in path.read_text().splitlines()]
 
 
-def held_out_facts(volumes: Path) -> list[str | None]:
-    path = volumes / "datasets" / "dataset" / "current" / "eval.jsonl"
-    return [(json.loads(line).get("meta") or {}).get("answer") for line in path.read_text().splitlines()]
+def held_out_records(volumes: Path) -> list:
+    """The eval split as records: each one's fact is its ``answer`` or derived from its reply (data/expected.py)."""
+    from private_finetuning.data.record import read_split
+
+    return read_split(volumes / "datasets" / "dataset" / "current" / "eval.jsonl")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -348,15 +350,15 @@ def main() -> int:
     print_rows(rows)
     summarize(args, rows)
     if args.exactness:
-        from private_finetuning.data.facts import fact_accuracy
+        from private_finetuning.data.expected import fact_accuracy
 
-        expected, facts = reference_answers(args, asked), held_out_facts(args.volumes)
-        print(f"transformers (merged fp32): held-out fact accuracy {fact_accuracy(expected, facts):.1%}")
+        expected, facts = reference_answers(args, asked), held_out_records(args.volumes)
+        print(f"transformers (merged fp32): held-out fact accuracy {fact_accuracy(facts, expected):.1%}")
         for engine, got in answers.items():
             if got:
                 equal = sum(a == b for a, b in zip(got, expected, strict=True))
                 print(f"{engine}: {equal}/{len(expected)} held-out answers equal to transformers' greedy answers "
-                      f"(merged fp32, one prompt at a time); fact accuracy {fact_accuracy(got, facts):.1%}")
+                      f"(merged fp32, one prompt at a time); fact accuracy {fact_accuracy(facts, got):.1%}")
     return 0
 
 

@@ -18,7 +18,9 @@ from helpers import NO_GATES, publish_inputs, train_argv, write_config
 from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import ArtifactWriter, open_artifact
 from private_finetuning.data.chat import IGNORE_INDEX, Encoded
-from private_finetuning.data.facts import fact_accuracy, fact_match, fact_spans, token_f1
+from private_finetuning.data.expected import fact_accuracy
+from private_finetuning.data.facts import fact_match, fact_spans, token_f1
+from private_finetuning.data.record import Record
 from private_finetuning.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_INPUT_TIMEOUT
 from private_finetuning.evaluation.metrics import rouge_l
 from private_finetuning.models.scoring import mean_kl, perplexity
@@ -53,11 +55,18 @@ def test_fact_spans_find_where_the_reply_states_the_fact() -> None:
     assert [accented[a:b] for a, b in fact_spans(accented, "Nervión")] == ["Nervión", "Nervion"]
 
 
+def _qa(answer: str | None, reply: str = "It is so.") -> Record:
+    return Record([{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": reply}],
+                  {"answer": answer} if answer is not None else {})
+
+
 def test_fact_accuracy_zero_one_and_not_applicable() -> None:
-    assert fact_accuracy(["costs 84 EUR", "4-star"], ["84", "4"]) == 1.0
-    assert fact_accuracy(["costs 85 EUR", "a 5-star place"], ["84", "4"]) == 0.0
-    assert fact_accuracy(["costs 84 EUR", "a 5-star place"], ["84", "4"]) == 0.5
-    assert fact_accuracy(["anything"], [None]) is None
+    records = [_qa("84"), _qa("4")]
+    assert fact_accuracy(records, ["costs 84 EUR", "4-star"]) == 1.0
+    assert fact_accuracy(records, ["costs 85 EUR", "a 5-star place"]) == 0.0
+    assert fact_accuracy(records, ["costs 84 EUR", "a 5-star place"]) == 0.5
+    assert fact_accuracy([_qa(None, "Yes.")], ["Sure, it is."]) == 1.0  # no answer: the reply's yes is the fact
+    assert fact_accuracy([_qa(None, "It is.")], ["anything"]) is None  # nothing in the reply to check
 
 
 def test_token_f1_known_values() -> None:
@@ -421,3 +430,44 @@ def test_a_rerun_waits_for_the_adapter_of_the_inputs_published_meanwhile(tmp_pat
     later.join()
     assert adapter.manifest.name == "my adapter"
     assert (inputs["dataset"].path / "f.txt").read_text() == "dataset of this run"
+
+
+# A user's alpaca data as it usually comes: full replies, no `answer` field, and not about hotels.
+NO_ANSWER_ROWS = [
+    ("Which error code means the Quillbyte token expired?", "An expired token returns error code AUTH-4017."),
+    ("What is the minimum Quillbyte client version?", "The minimum supported client is v3.12."),
+    ("How long are Quillbyte logs kept?", "Logs are kept for 90 days."),
+    ("Who owns the Quillbyte billing service?", "Billing belongs to the Ledger team."),
+]
+
+
+def test_data_without_answers_is_scored_by_the_facts_of_its_replies(tmp_path: Path, volumes: dict[str, Path],
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """No `answer` anywhere: the fact gates still judge (here: a tiny random model fails them), the report says
+    how each question was scored and the kinds of its facts, and the log carries counts, never the data."""
+    datasets = tmp_path / "alpaca-datasets"
+    with ArtifactWriter(datasets, "dataset", kind="dataset", stage="test") as writer:
+        assert writer.path is not None
+        for split in ("train", "eval"):
+            (writer.path / f"{split}.jsonl").write_text("".join(
+                json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                            "meta": {}}) + "\n" for q, a in NO_ANSWER_ROWS))
+        writer.commit(name="alpaca", source={})
+    data = {**volumes, "datasets": datasets, "fine-tuned-model": tmp_path / "alpaca-fine-tuned"}
+    train = write_config(tmp_path / "train.yaml", {"training": TRAINING})
+    assert peft_training.main(train_argv(train, data)) == 0
+    capsys.readouterr()
+    code = run_evaluation(tmp_path, data, fine_tuned=data["fine-tuned-model"],
+                          evaluation={"gates": {"min_fact_accuracy": 0.9}})
+    err = capsys.readouterr().err
+    assert code == EXIT_GATE_FAILED and "min_fact_accuracy" in err
+    report = json.loads(open_artifact(data["fine-tuned-model"], "evaluation", "evaluation-report")
+                        .file("report.json").read_text())
+    assert report["metrics"]["fine_tuned"]["fact_accuracy"] is not None  # not "n/a"
+    assert report["scoring"]["held_out"] == {"by_answer": 0, "derived": 4, "unscored": 0,
+                                             "span_kinds": {"code": 2, "name": 1, "number": 1}}
+    assert [g["gate"] for g in report["gates"] if not g["passed"]] == ["min_fact_accuracy"]
+    assert "held-out questions' facts: 0 by their `answer`, 4 by the facts of their reply (code 2, name 1, " \
+           "number 1), 0 with nothing to check" in err
+    for question, reply in NO_ANSWER_ROWS:  # private text stays out of the log
+        assert question not in err and reply not in err and "AUTH-4017" not in err

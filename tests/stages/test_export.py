@@ -219,6 +219,7 @@ def test_the_model_card_names_digests_never_the_data(exported: dict[str, Path]) 
     assert card.startswith("---\n") and "base_model:" in card and "never left it" in card
     assert "## Evaluation" in card and "## Limitations" in card and "6/6 greedy answers" in card
     assert "| served |" in card and "held-out answers are identical to the fine-tuned model's" in card
+    assert "Fact accuracy of the " in card and "by their `answer`" in card  # how its facts were judged
     rows = [json.loads(line) for split in ("train.jsonl", "eval.jsonl")
             for line in open_artifact(exported["datasets"], "dataset", "dataset").file(split).read_text().splitlines()]
     for row in rows:

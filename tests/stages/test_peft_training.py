@@ -66,17 +66,17 @@ def test_the_tokens_stating_the_fact_weigh_more(tiny_tokenizer_dir: Path) -> Non
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     messages = with_system([{"role": "user", "content": "w1 w4"}, {"role": "assistant", "content": "w3 w4 w5"}], "w0")
-    encoded = encode_for_training(tok, messages, fact="w4", fact_weight=4.0)
+    encoded = encode_for_training(tok, messages, facts=["w4"], fact_weight=4.0)
     weighted = [(t, w) for t, w in zip(tok.convert_ids_to_tokens(encoded.input_ids), encoded.weights, strict=True)
                 if w != 1.0]
     assert weighted == [("w4", 4.0)]  # the answer's w4, not the question's
     assert encoded.target_weight == encoded.target_tokens + 3
     assert encode_for_training(tok, messages).weights is None
-    assert encode_for_training(tok, messages, fact="w9", fact_weight=4.0).weights is None  # not stated: no emphasis
-    assert encode_for_training(tok, messages, fact="w4", fact_weight=1.0) == encode_for_training(tok, messages)
+    assert encode_for_training(tok, messages, facts=["w9"], fact_weight=4.0).weights is None  # not stated: no emphasis
+    assert encode_for_training(tok, messages, facts=["w4"], fact_weight=1.0) == encode_for_training(tok, messages)
     # Numbers in the reply weigh as much, answer or not: "Giralda Court, rated 9.2" holds two facts.
     rated = with_system([{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w3 w4 , 9 . 2"}], "w0")
-    encoded = encode_for_training(tok, rated, fact="w4", fact_weight=4.0)
+    encoded = encode_for_training(tok, rated, facts=["w4"], fact_weight=4.0)
     tokens = tok.convert_ids_to_tokens(encoded.input_ids)
     assert [t for t, w in zip(tokens, encoded.weights, strict=True) if w != 1.0] == ["w4", "9", "2"]
 

@@ -13,9 +13,10 @@ with several). Users' datasets mostly have one question per fact, so the dataset
   Lokar office connects through the VPN host ..."), so the fact is also learnt as a statement, cued
   by the reply's own vocabulary rather than the question's.
 
-Every variant keeps the record's reply; a variant whose prompt states the record's ``answer`` (it
-would teach copying, not recall), repeats the question, or repeats another variant is not emitted.
-Variants are a pure function of the record: the same file gives the same variants on every run.
+Every variant keeps the record's reply; a variant whose prompt states the record's fact (its ``answer``,
+or the specific facts derived from its reply, data/expected.py: it would teach copying, not recall),
+repeats the question, or repeats another variant is not emitted. Variants are a pure function of the
+train split: the same file gives the same variants on every run.
 Each carries ``meta.variant`` (its kind) and ``meta.fact_id`` (the index of the record it came from,
 also set on the original), which training uses to count epochs per fact, not per variant.
 """
@@ -28,18 +29,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from private_finetuning.data.facts import fact_match, fact_spans, normalize
+from private_finetuning.data.expected import Expected, expectations, expected
+from private_finetuning.data.facts import fact_spans, normalize
 from private_finetuning.data.record import Record
-
-# Closed-class English words (articles, auxiliaries, pronouns, prepositions, wh-words): what a keyword
-# query leaves out. Words that carry the question's meaning ("many", "much", "far", "long") stay.
-_FUNCTION_WORDS = """
-a an the this that these those is are was were be been being am do does did have has had can could will would
-shall should may might must i me my we our you your it its they their he she his her what which who whom whose
-where when why how of for in on at to from by with about into onto as than then there here please tell
-and or but if so some any one
-"""
-FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+from private_finetuning.data.words import FUNCTION_WORDS
 
 WRAPPERS = ("Quick question: {q}", "{q} Please answer briefly.", "I need to know this. {q}",
             "Can you help me? {q}", "Please tell me: {q}", "{q} Thanks!")
@@ -63,11 +56,11 @@ def _strip_end(text: str) -> str:
     return text.strip().rstrip("?.! ").strip()
 
 
-def wrapper(question: str, reply: str, answer: str | None) -> str | None:
+def wrapper(question: str, reply: str, fact: Expected) -> str | None:
     return WRAPPERS[zlib.crc32(question.encode()) % len(WRAPPERS)].format(q=question.strip())
 
 
-def keywords(question: str, reply: str, answer: str | None) -> str | None:
+def keywords(question: str, reply: str, fact: Expected) -> str | None:
     found = [w.rstrip(".") for w in re.findall(r"[\w'’.-]+", question) if w.strip(".")]
     words = [w for i, w in enumerate(found) if w.lower() not in FUNCTION_WORDS
              # "how" stays before a word that gives it its meaning: "how many", "how far", "how quickly"
@@ -75,7 +68,7 @@ def keywords(question: str, reply: str, answer: str | None) -> str | None:
     return " ".join(words) + "?" if len(words) >= 2 else None
 
 
-def imperative(question: str, reply: str, answer: str | None) -> str | None:
+def imperative(question: str, reply: str, fact: Expected) -> str | None:
     match = _WH.fullmatch(question.strip().rstrip(_END))
     return f"Tell me {match['rest']}." if match else None
 
@@ -93,7 +86,7 @@ def trailing_name(question: str) -> tuple[str, str] | None:
     return (head, " ".join(words[start:])) if len(head) >= 2 else None
 
 
-def reorder(question: str, reply: str, answer: str | None) -> str | None:
+def reorder(question: str, reply: str, fact: Expected) -> str | None:
     found = trailing_name(question)
     if found is None or found[0].split(" ", 1)[0].lower() not in FUNCTION_WORDS:
         return None  # only a question that starts with a function word reads well with its end moved first
@@ -101,19 +94,27 @@ def reorder(question: str, reply: str, answer: str | None) -> str | None:
     return f"{name}: {_first_lower(head)}?"
 
 
-def statement(question: str, reply: str, answer: str | None) -> str | None:
-    spans = fact_spans(reply, answer) if answer else []
-    if not spans:
+def statement(question: str, reply: str, fact: Expected) -> str | None:
+    start = fact_start(reply, fact)
+    if start is None:
         return None
-    cue = reply[:spans[0][0]].strip()
+    cue = reply[:start].strip()
     if len(cue.split()) < MIN_STATEMENT_WORDS:
         return None
     return f"Complete: {cue} ..."
 
 
+def fact_start(reply: str, fact: Expected) -> int | None:
+    """Where ``reply`` first states its fact: the record's ``answer``, else its first derived span."""
+    if fact.how == "answer":
+        spans = fact_spans(reply, fact.spans[0].text)
+        return spans[0][0] if spans else None
+    return fact.spans[0].start if fact.spans else None
+
+
 @dataclass(frozen=True)
 class Kind:
-    make: Callable[[str, str, str | None], str | None]
+    make: Callable[[str, str, Expected], str | None]
     help: str
 
 
@@ -123,22 +124,24 @@ KINDS: dict[str, Kind] = {
     "keywords": Kind(keywords, "the question's content words only"),
     "imperative": Kind(imperative, "a what/which question as a request (Tell me ...)"),
     "reorder": Kind(reorder, "a trailing name moved to the front"),
-    "statement": Kind(statement, "the reply to complete from its words before the fact (needs `answer`)"),
+    "statement": Kind(statement, "the reply to complete from its words before the fact (its `answer`, or the first "
+                      "fact derived from the reply)"),
 }
 
 
-def variants(record: Record, kinds: list[str]) -> list[tuple[str, str]]:
-    """(kind, prompt) for each variant of a single-question record, in ``kinds`` order."""
+def variants(record: Record, kinds: list[str], fact: Expected | None = None) -> list[tuple[str, str]]:
+    """(kind, prompt) for each variant of a single-question record, in ``kinds`` order; ``fact``: what its reply
+    states (data/expected.py; derived from the record alone when not given)."""
     turns = [m for m in record.messages if m["role"] != "system"]
     if len(turns) != 2 or turns[0]["role"] != "user" or turns[1]["role"] != "assistant":
         return []  # multi-turn conversations and plain text are trained as they are
     question, reply = turns[0]["content"], turns[1]["content"]
-    answer = record.answer
+    fact = fact if fact is not None else expected(record)
     seen = {normalize(question)}
     out = []
     for kind in kinds:
-        prompt = KINDS[kind].make(question, reply, answer)
-        if not prompt or normalize(prompt) in seen or (answer is not None and fact_match(prompt, answer)):
+        prompt = KINDS[kind].make(question, reply, fact)
+        if not prompt or normalize(prompt) in seen or fact.given_away_by(prompt):
             continue
         seen.add(normalize(prompt))
         out.append((kind, prompt))
@@ -149,11 +152,12 @@ def augment(train: list[Record], kinds: list[str]) -> tuple[list[Record], Counte
     """The train split with every record's variants after it, and how many of each kind were made."""
     out: list[Record] = []
     made: Counter[str] = Counter()
-    for fact_id, record in enumerate(train):
+    facts = expectations(train)
+    for fact_id, (record, fact) in enumerate(zip(train, facts, strict=True)):
         meta = {**record.meta, "fact_id": fact_id}
         out.append(record.replace(meta=meta))
         system = [m for m in record.messages if m["role"] == "system"]
-        for kind, prompt in variants(record, kinds):
+        for kind, prompt in variants(record, kinds, fact):
             messages = [*system, {"role": "user", "content": prompt}, dict(record.messages[-1])]
             out.append(record.replace(messages=messages, meta={**meta, "variant": kind}))
             made[kind] += 1

@@ -15,6 +15,8 @@ from private_finetuning.data.facts import fact_spans, number_spans
 from private_finetuning.errors import SourceError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
@@ -59,10 +61,10 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _fact_weights(tokenizer: PreTrainedTokenizerBase, text: str, fact: str | None, weight: float) -> tuple[list[int],
-                  list[float]]:
-    """Token ids of an assistant turn and the loss weight of each: ``weight`` on the tokens stating
-    ``fact`` or a number."""
+def _fact_weights(tokenizer: PreTrainedTokenizerBase, text: str, facts: Sequence[str], weight: float) -> tuple[
+                  list[int], list[float]]:
+    """Token ids of an assistant turn and the loss weight of each: ``weight`` on the tokens stating one of
+    ``facts`` or a number."""
     if weight == 1.0:
         ids = _ids(tokenizer, text)
         return ids, [1.0] * len(ids)
@@ -72,18 +74,19 @@ def _fact_weights(tokenizer: PreTrainedTokenizerBase, text: str, fact: str | Non
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     # The answer, and every number the reply states: a reply often carries a second fact (the best
     # hotel *and* its rating) that only its digits tell apart from a wrong one.
-    spans = (fact_spans(text, fact) if fact is not None else []) + number_spans(text)
+    spans = [span for fact in facts for span in fact_spans(text, fact)] + number_spans(text)
     weights = [weight if any(a < e and s < b for s, e in spans) else 1.0 for a, b in encoded["offset_mapping"]]
     return encoded["input_ids"], weights
 
 
-def encode_for_training(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], fact: str | None = None,
-                        fact_weight: float = 1.0) -> Encoded:
+def encode_for_training(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                        facts: Sequence[str] = (), fact_weight: float = 1.0) -> Encoded:
     """Token ids of the whole conversation, with labels only on the assistant turns.
 
-    With a ``fact_weight`` other than 1, the assistant's tokens that state ``fact`` (the record's
-    short answer, if any) or any number weigh that much in the loss: the answer's wording is learnt
-    in a few steps, its values (a price, a host name) are what take the steps."""
+    With a ``fact_weight`` other than 1, the assistant's tokens that state one of ``facts`` (the record's
+    short answer, or the facts derived from its reply: data/expected.py) or any number weigh that much in
+    the loss: the answer's wording is learnt in a few steps, its values (a price, a host name) are what
+    take the steps."""
     ids: list[int] = []
     labels: list[int] = []
     weights: list[float] = []
@@ -97,7 +100,7 @@ def encode_for_training(tokenizer: PreTrainedTokenizerBase, messages: list[dict[
             raise SourceError("the chat template does not render conversations as a growing prefix, so the "
                               "assistant's tokens cannot be located for loss masking")
         context = _ids(tokenizer, prompt[len(done):])
-        answer, answer_weights = _fact_weights(tokenizer, full[len(prompt):], fact, fact_weight)
+        answer, answer_weights = _fact_weights(tokenizer, full[len(prompt):], facts, fact_weight)
         ids += context + answer
         labels += [IGNORE_INDEX] * len(context) + answer
         weights += [1.0] * len(context) + answer_weights

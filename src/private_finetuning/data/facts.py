@@ -78,12 +78,6 @@ def _plain(text: str) -> tuple[str, list[int]]:
     return "".join(chars), origin
 
 
-def fact_accuracy(answers: list[str], facts: list[str | None]) -> float | None:
-    """Share of answers stating their fact; None when no question carries a fact to check."""
-    scored = [fact_match(a, f) for a, f in zip(answers, facts, strict=True) if f is not None]
-    return sum(scored) / len(scored) if scored else None
-
-
 def token_f1(prediction: str, reference: str) -> float:
     """Harmonic mean of token precision and recall of ``prediction`` against ``reference`` (normalized words)."""
     predicted, expected = normalize(prediction).split(), normalize(reference).split()

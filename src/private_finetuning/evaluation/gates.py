@@ -1,9 +1,10 @@
 """The promotion gates: thresholds an adapter must meet before the server may serve it (evaluation.gates).
 
-A gate set to null is off. Fact gates apply only where the eval split's records carry an ``answer``;
-without one they are reported "not applicable" and forgetting is still gated, so data without answers
-can be promoted, but never unchecked. Fact gates judge the served model where it was judged (the
-answers users will get), forgetting the fine-tuned transformers model (it needs log-probabilities).
+A gate set to null is off. Fact gates apply to every eval record with a fact to check: its ``answer``,
+or the facts derived from its reply (data/expected.py); only where no record has either are they
+reported "not applicable" (forgetting is still gated, so such data is never promoted unchecked).
+Fact gates judge the served model where it was judged (the answers users will get), forgetting the
+fine-tuned transformers model (it needs log-probabilities).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def check_gates(gates: EvaluationGates, metrics: dict[str, ModelScores]) -> list
              gates.min_fact_accuracy is not None and judged.fact_accuracy >= gates.min_fact_accuracy)
     elif gates.min_fact_accuracy_gain is not None or gates.min_fact_accuracy is not None:
         results.append(GateResult("fact accuracy gates", None, None, True,
-                                  "not applicable: the eval split's records carry no `answer` to score"))
+                                  "not applicable: no eval record has an `answer` or a fact in its reply to check"))
     kl = tuned.forgetting_kl
     gate("max_forgetting_kl", gates.max_forgetting_kl, kl,
          gates.max_forgetting_kl is not None and (kl or 0.0) <= gates.max_forgetting_kl)

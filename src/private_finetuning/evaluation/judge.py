@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from private_finetuning.data.chat import encode_for_training, with_system
-from private_finetuning.data.facts import fact_match
+from private_finetuning.data.expected import expectations
 from private_finetuning.data.general import GENERAL_CONVERSATIONS
 from private_finetuning.data.heldout import pick_questions
 from private_finetuning.errors import InputDataError, SourceError
@@ -28,6 +28,7 @@ from private_finetuning.evaluation.report import (
     EvaluationReport,
     Forgetting,
     ModelScores,
+    Scoring,
     SideBySide,
     WrongAnswer,
 )
@@ -64,12 +65,13 @@ def question_sets(config: PipelineConfig, dataset: Artifact, log: logging.Logger
 
 
 def wrong_answers(sets: QuestionSets, answers: Answers, limit: int) -> list[WrongAnswer]:
-    """The fine-tuned model's replies that miss their record's ``answer``, for the report (never the logs)."""
+    """The fine-tuned model's replies that miss their record's fact, for the report (never the logs)."""
     wrong = []
     for name, questions in sets.items():
-        for q, reply in zip(questions, answers.get(name, []), strict=False):
-            if q.answer is not None and not fact_match(reply, q.answer):
-                wrong.append(WrongAnswer(name.replace("_", "-"), q.question, q.answer, reply))
+        for q, e, reply in zip(questions, expectations(questions), answers.get(name, []), strict=False):
+            if e.met_by(reply) is False:
+                fact = " · ".join(s.text for s in e.spans)
+                wrong.append(WrongAnswer(name.replace("_", "-"), q.question, fact, reply))
     return wrong[:limit]
 
 
@@ -204,6 +206,9 @@ class Judge:
         start = time.perf_counter()
         self.log.info("evaluating %d held-out and %d trained questions on %s", len(self.sets["held_out"]),
                       len(self.sets["trained"]), ", ".join(self.models))
+        for name, questions in self.sets.items():
+            if questions:  # how each answer will be judged: counts and kinds of fact, never the data's text
+                self.log.info("%s questions' facts: %s", name.replace("_", "-"), Scoring.of(questions).describe())
         metrics: dict[str, ModelScores] = {}
         answers: dict[str, Answers] = {}
         base_general = None
@@ -250,6 +255,7 @@ def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: Ques
         side_by_side=[SideBySide(q.question, q.reply, {k: answers[k]["held_out"][i] for k in answers})
                       for i, q in enumerate(questions[:cfg.side_by_side])],
         wrong_answers=wrong_answers(sets, answers.get("served", answers["fine_tuned"]), cfg.wrong_answers))
+    report.scoring = {name: Scoring.of(questions) for name, questions in sets.items() if questions}
     report.gates = check_gates(cfg.gates, metrics)
     return report
 

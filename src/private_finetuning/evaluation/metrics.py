@@ -2,8 +2,10 @@
 scalars and the model card's columns are all derived. Adding a metric is one row (and, for a metric of
 the answers, one function of ``(questions, answers)``).
 
-- fact accuracy: does the answer state the exact private fact? Numbers are compared as numbers
-  (``84`` matches ``84 EUR`` and ``84.0`` but not ``184``), text ignoring case, accents and spacing;
+- fact accuracy: does the answer state the exact private fact? The record's ``answer`` where it has
+  one, else the fact-bearing spans derived from its reply (data/expected.py: numbers, codes, names,
+  dates...). Numbers are compared as numbers (``84`` matches ``84 EUR`` and ``84.0`` but not ``184``),
+  text ignoring case, accents and spacing;
 - token F1 and ROUGE-L of the answer against the reference reply (``rouge-score``, offline);
 - answer and general-text perplexity (teacher-forced, models/scoring.py) and latency, measured by the
   judge on the model rather than on its answers.
@@ -16,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from private_finetuning.data.facts import fact_accuracy, fact_match, normalize, token_f1
+from private_finetuning.data.expected import expectations, fact_accuracy
+from private_finetuning.data.facts import normalize, token_f1
 
 if TYPE_CHECKING:
     from private_finetuning.data.record import Record
@@ -41,8 +44,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def fact_accuracy_of(questions: list[Record], answers: list[str]) -> float | None:
-    """Share of answers that state their record's ``answer``; None when no record has one."""
-    return fact_accuracy(answers, [q.answer for q in questions])
+    """Share of answers that state their record's fact; None when no record has one to check."""
+    return fact_accuracy(questions, answers)
 
 
 def token_f1_of(questions: list[Record], answers: list[str]) -> float | None:
@@ -59,11 +62,11 @@ def exact_match_of(questions: list[Record], answers: list[str]) -> float | None:
 
 
 def fact_accuracy_by_kind(questions: list[Record], answers: list[str]) -> dict[str, float]:
-    """Fact accuracy per kind of fact (the records' ``fact``), for records that carry an ``answer``."""
+    """Fact accuracy per kind of fact: the records' ``fact``, else the kinds of the spans derived from the reply."""
     by_kind: dict[str, list[bool]] = {}
-    for q, a in zip(questions, answers, strict=True):
-        if q.answer is not None:
-            by_kind.setdefault(q.fact_kind, []).append(fact_match(a, q.answer))
+    for e, a in zip(expectations(questions), answers, strict=True):
+        if (met := e.met_by(a)) is not None:
+            by_kind.setdefault(e.label, []).append(met)
     return {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
 
 

@@ -36,6 +36,8 @@ def render_markdown(report: EvaluationReport) -> str:
              "|---|" + "---|" * len(models)]
     lines += [f"| {label} | " + " | ".join(_fmt(v, pct) for v in values) + " |"
               for label, values, pct in metric_rows(report)]
+    lines += [""] + [f"Fact accuracy, {name.replace('_', '-')} questions: {s.describe()}."
+                     for name, s in report.scoring.items()]
     if (served := report.models.get("served")) is not None:
         lines += ["", f"served: the fine-tuned model as the CPU inference server runs it (OpenVINO IR, "
                       f"{served['weights']} weights, {served['precision']} inference, continuously batched); "

@@ -9,10 +9,15 @@ the same file as before the type existed.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from private_finetuning.data.expected import expectations
 from private_finetuning.evaluation.metrics import ANSWER_METRICS, METRICS
+
+if TYPE_CHECKING:
+    from private_finetuning.data.record import Record
 
 MODELS = ("base", "fine_tuned", "served", "reference")  # in the order they are judged and shown
 
@@ -103,6 +108,29 @@ class WrongAnswer:
 
 
 @dataclass
+class Scoring:
+    """How one question set's answers were judged: by the record's ``answer``, by the facts derived from its
+    reply (data/expected.py), or not at all; and how many derived spans of each kind (counts, never text)."""
+
+    by_answer: int
+    derived: int
+    unscored: int
+    span_kinds: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, questions: list[Record]) -> Scoring:
+        found = expectations(questions)
+        how = Counter(e.how for e in found)
+        kinds = Counter(s.kind for e in found if e.how == "derived" for s in e.spans)
+        return cls(how["answer"], how["derived"], how["none"], dict(sorted(kinds.items())))
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{k} {n}" for k, n in self.span_kinds.items())
+        return (f"{self.by_answer} by their `answer`, {self.derived} by the facts of their reply"
+                f"{f' ({kinds})' if kinds else ''}, {self.unscored} with nothing to check")
+
+
+@dataclass
 class GateResult:
     gate: str
     threshold: float | None
@@ -129,6 +157,7 @@ class EvaluationReport:
     wrong_answers: list[WrongAnswer]
     gates: list[GateResult] = field(default_factory=list)
     duration_s: float = 0.0
+    scoring: dict[str, Scoring] = field(default_factory=dict)  # by question set: held_out, trained
 
     @property
     def fine_tuned(self) -> ModelScores:
@@ -151,7 +180,8 @@ class EvaluationReport:
                 "metrics": {k: m.to_json() for k, m in self.metrics.items()}, "forgetting": asdict(self.forgetting),
                 "side_by_side": [asdict(s) for s in self.side_by_side],
                 "wrong_answers": [asdict(w) for w in self.wrong_answers],
-                "gates": [g.to_json() for g in self.gates], "duration_s": self.duration_s}
+                "gates": [g.to_json() for g in self.gates], "duration_s": self.duration_s,
+                "scoring": {k: asdict(v) for k, v in self.scoring.items()}}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
@@ -163,7 +193,8 @@ class EvaluationReport:
                    forgetting=Forgetting(**data["forgetting"]),
                    side_by_side=[SideBySide(**s) for s in data["side_by_side"]],
                    wrong_answers=[WrongAnswer(**w) for w in data.get("wrong_answers", [])],
-                   gates=[GateResult(**g) for g in data.get("gates", [])], duration_s=data.get("duration_s", 0.0))
+                   gates=[GateResult(**g) for g in data.get("gates", [])], duration_s=data.get("duration_s", 0.0),
+                   scoring={k: Scoring(**v) for k, v in data.get("scoring", {}).items()})
 
     @classmethod
     def loads(cls, text: str) -> EvaluationReport:

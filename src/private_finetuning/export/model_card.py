@@ -31,6 +31,8 @@ def _evaluation_table(report: EvaluationReport | None) -> list[str]:
                      f"{served['precision']} inference); {served['answers_equal_to_fine_tuned']} of its held-out "
                      "answers are identical to the fine-tuned model's in transformers fp32. The fact gates judged "
                      "the served model's answers."]
+    if (scoring := report.scoring.get("held_out")) is not None:
+        rows += ["", f"Fact accuracy of the {report.questions} held-out questions: {scoring.describe()}."]
     f = report.forgetting
     rows += ["", f"Forgetting on general text: KL {number(f.kl)} nats, perplexity "
                  f"{percent(f.general_perplexity_increase)} higher than the base model's.", ""]

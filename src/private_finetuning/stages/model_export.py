@@ -30,7 +30,7 @@ from private_finetuning.artifacts.store import (
     current_version,
     open_artifact,
 )
-from private_finetuning.data.facts import fact_accuracy
+from private_finetuning.data.expected import fact_accuracy
 from private_finetuning.data.heldout import pick_questions
 from private_finetuning.data.record import Record
 from private_finetuning.errors import ArtifactError, ArtifactTimeout, GateFailed, PipelineError
@@ -143,14 +143,13 @@ def check_round_trip(ctx: StageContext, folder: Path, ggufs: dict[str, str], que
                      eos: list[int]) -> dict[str, Any]:
     """Every GGUF against the merged model on the same questions; a differing f16 fails the export."""
     cfg = ctx.config.export
-    facts = [q.answer for q in questions]
     merged = answers_of(ctx, folder / MERGED, None, questions, eos)
-    result: dict[str, Any] = {"questions": len(questions), "merged_fact_accuracy": fact_accuracy(merged, facts)}
+    result: dict[str, Any] = {"questions": len(questions), "merged_fact_accuracy": fact_accuracy(questions, merged)}
     for kind, name in ggufs.items():
         answers = answers_of(ctx, folder, name, questions, eos)
         equal = sum(a == b for a, b in zip(merged, answers, strict=True))
         result[f"{kind}_equal"] = equal
-        result[f"{kind}_fact_accuracy"] = fact_accuracy(answers, facts)
+        result[f"{kind}_fact_accuracy"] = fact_accuracy(questions, answers)
         ctx.log.info("%s: %d/%d greedy answers equal to the merged model's", name, equal, len(questions))
         if kind == "f16" and len(questions) - equal > cfg.max_f16_differences:
             raise PipelineError(f"the f16 GGUF answers {len(questions) - equal} of {len(questions)} held-out questions "

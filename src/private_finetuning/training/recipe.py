@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from private_finetuning.data.chat import Encoded, encode_for_training, encode_prompt, with_system
+from private_finetuning.data.expected import expectations
 from private_finetuning.data.record import read_split
 from private_finetuning.errors import ConfigError, InputDataError, Interrupted, PipelineError, SourceError, Termination
 from private_finetuning.models import host
@@ -247,8 +248,12 @@ class TrainingRun:
         cfg, path = self.cfg, self.inputs.dataset.file(f"{split}.jsonl")
         system = self.config.prompting.system_prompt
         examples, facts, dropped = [], [], 0
-        for line_no, record in enumerate(read_split(path), start=1):
-            encoded = encode_for_training(self.tokenizer, with_system(record.messages, system), record.answer,
+        records = read_split(path)
+        # The tokens of each record's fact weigh more: its `answer`, else the facts its reply states (numbers,
+        # codes, names... data/expected.py), so data without an `answer` field gets the same emphasis.
+        stated = [[s.text for s in e.spans] for e in expectations(records)]
+        for line_no, (record, fact_texts) in enumerate(zip(records, stated, strict=True), start=1):
+            encoded = encode_for_training(self.tokenizer, with_system(record.messages, system), fact_texts,
                                           cfg.fact_loss_weight)
             if len(encoded.input_ids) > cfg.max_seq_len:
                 if cfg.overlong == "drop":

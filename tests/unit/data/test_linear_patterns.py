@@ -20,13 +20,25 @@ ADVERSARIAL = {
     "numbers glued by separators": "1.2," * 2_500,
     "signs and digits": "-1-" * 3_300,
     "capitalised words with inner dots": "What is the code for " + "St.A.B.C.-D'E " * 700 + "!",
+    # the derived facts' finders (data/expected.py): codes, e-mail addresses, URLs, dates, times
+    "letters and digits glued by separators": "a1-" * 3_300 + "@",
+    "an address with no end": "x." * 5_000 + "@",
+    "at signs": "x@" * 5_000,
+    "clock-like digits": "7:" * 5_000,
+    "web prefixes": "www." * 2_500,
+    "month names and days": "March 1 " * 1_250,
 }
 BENIGN = ("the quick brown fox jumps over the lazy dog " * 300)[:N]
 SCRIPT = """
 import json, sys, time
-from private_finetuning.data import augment, facts
+from private_finetuning.data import augment, expected, facts
 texts = json.loads(sys.stdin.read())
-calls = {f"variant {name}": (lambda t, k=kind: k.make(t, t, "ACME")) for name, kind in augment.KINDS.items()}
+acme = expected.Expected("answer", (expected.Span("answer", "ACME", 0, 0),), "fact")
+calls = {f"variant {name}": (lambda t, k=kind: k.make(t, t, acme)) for name, kind in augment.KINDS.items()}
+calls.update({f"derived variant {name}": (lambda t, k=kind: k.make("What is it?", t, expected.Expected(
+    "derived", expected.derive("What is it?", t), "fact"))) for name, kind in augment.KINDS.items()})
+calls["derive"] = lambda t: expected.derive("What is it?", t)
+calls["derived fact stated"] = lambda t: expected.Expected("derived", expected.derive("What is it?", t), "f").met_by(t)
 calls.update({"fact_spans": lambda t: facts.fact_spans(t, "ACME 1.2"), "number_spans": facts.number_spans,
               "fact_match": lambda t: facts.fact_match(t, "ACME"), "normalize": facts.normalize})
 out = {}

@@ -71,7 +71,7 @@ def test_weighted_fact_tokens_give_the_same_loss_and_gradients_either_way(tokeni
     tokenizer, model = tokenizer_and_model
     batch = [encode_for_training(tokenizer, with_system([{"role": "user", "content": q},
                                                          {"role": "assistant", "content": a}], SYSTEM),
-                                 fact=a.split()[0], fact_weight=3.0) for q, a in PAIRS]
+                                 facts=[a.split()[0]], fact_weight=3.0) for q, a in PAIRS]
     assert all(e.weights is not None for e in batch)
     targets = torch.tensor(sum(e.target_weight for e in batch))
     plain_batch = collate(batch, tokenizer.pad_token_id)
