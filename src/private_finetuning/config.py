@@ -369,6 +369,9 @@ class EvaluationGates(Section):
     """Allowed relative rise of the perplexity on general text, e.g. 0.25 for +25%. 1.5 stops the previous defaults'
     +163% on a one-phrasing dataset; the defaults gave +38% to +139% (docs/evaluation.md).
     """
+    min_gain_over_retrieval: Real | None = None
+    """The least held-out fact accuracy the judged model must have above the base model with retrieval (0: at least
+    as good; null: off). Needs retrieval.evaluate."""
 
 
 class EvaluationConfig(Section):
@@ -397,6 +400,20 @@ class EvaluationConfig(Section):
     gates: EvaluationGates = Field(default_factory=EvaluationGates)
     """What the fine-tuned model must reach to be promoted and served."""
 
+
+
+class RetrievalConfig(Section):
+    """BM25 over the train split's records, put into the prompt as context (docs/retrieval.md): judged beside
+    fine-tuning by the evaluation, and served where serving.retrieval is on."""
+
+    evaluate: bool = True
+    """Add the rows base + retrieval and fine-tuned + retrieval to the evaluation (same questions, decoding and
+    scoring), with the retrieval's hit rate."""
+    k: int = Field(3, gt=0, le=50)
+    """Records put into the prompt per question: the k best by BM25 (fewer where fewer share a word with it)."""
+    max_record_tokens: int = Field(96, gt=0, le=4096)
+    """Each retrieved record is cut to this many tokens of the model's tokenizer, so k records never fill the
+    model's window (the cuts are counted: report, /metrics)."""
 
 
 class OpenVINOConfig(Section):
@@ -476,12 +493,19 @@ class ServingConfig(Section):
     """Generate in a process of its own, beside the HTTP worker, so that /health, /ready, request parsing and
     streaming never wait for a generation step (which holds its process's GIL); a dead engine process is
     restarted. false: generate on a thread of the HTTP worker (one process, as before)."""
+    retrieval: bool = False
+    """Answer with retrieval: the k train records closest to each request (retrieval.k, BM25) put into its prompt
+    as context. The evaluation then judges the served model with retrieval and publishes the index with the
+    promotion; the server refuses a promotion judged otherwise (/ready says why)."""
     vllm_url: str = "http://127.0.0.1:8000"
     """The vLLM OpenAI server the vllm engine hands generation to (the sidecar in the same pod)."""
     openvino: OpenVINOConfig = Field(default_factory=OpenVINOConfig)
     """The OpenVINO engine's settings."""
 
     def check(self, where: str) -> None:
+        if self.retrieval and self.engine in ("transformers", "vllm"):
+            raise ConfigError(f"{where}.retrieval: needs the OpenVINO served model, which carries the index it was "
+                              f"judged with (engine {self.engine} serves the adapter itself)")
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ConfigError(f"{where}.max_new_tokens: above max_new_tokens_limit ({self.max_new_tokens_limit})")
         if not MODEL_NAME.fullmatch(self.model_name):
@@ -547,12 +571,19 @@ class PipelineConfig(Section):
     """model-evaluation-server: what is measured and what must pass to be served (docs/evaluation.md)."""
     serving: ServingConfig = Field(default_factory=ServingConfig)
     """model-inference-server: limits, batching and the engine (docs/inference.md)."""
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    """BM25 over the train split: judged beside fine-tuning, optionally served (docs/retrieval.md)."""
     export: ExportConfig = Field(default_factory=ExportConfig)
     """model-export-server: merged model, GGUF, Ollama Modelfile (docs/export.md)."""
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     """How stages wait for each other's artifacts and how many versions are kept."""
     # The folder relative paths in this file are resolved against: the YAML file's own (not a YAML key).
     _base_dir: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    def check(self, where: str) -> None:
+        if self.evaluation.gates.min_gain_over_retrieval is not None and not self.retrieval.evaluate:
+            raise ConfigError("evaluation.gates.min_gain_over_retrieval: needs retrieval.evaluate (the base model "
+                              "with retrieval is the row it compares with)")
 
     @property
     def base_dir(self) -> Path:

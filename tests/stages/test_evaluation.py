@@ -199,10 +199,16 @@ def test_report_files_tensorboard_and_idempotence(tmp_path: Path, volumes: dict[
     out = tmp_path / "fine-tuned-model"
     artifact = open_artifact(out, "evaluation", "evaluation-report")
     report = json.loads(artifact.file("report.json").read_text())
-    assert set(report["metrics"]) == {"base", "fine_tuned", "reference"}
-    for metrics in report["metrics"].values():
-        assert 0.0 <= metrics["fact_accuracy"] <= 1.0 and metrics["answer_perplexity"] > 1
-        assert metrics["latency_s_per_answer"] > 0 and metrics["questions"] == 4
+    assert set(report["metrics"]) == {"base", "base_retrieval", "fine_tuned", "fine_tuned_retrieval", "reference"}
+    for kind, metrics in report["metrics"].items():
+        assert 0.0 <= metrics["fact_accuracy"] <= 1.0 and metrics["latency_s_per_answer"] > 0
+        assert metrics["questions"] == 4
+        # the retrieval rows are the same models asked with context: answers, not perplexities
+        assert (metrics["answer_perplexity"] is None) if kind.endswith("_retrieval") else metrics["answer_perplexity"] > 1
+    retrieval = report["retrieval"]
+    assert retrieval["k"] == 3 and retrieval["records"] > 0 and retrieval["served"] is False
+    assert 0.0 <= retrieval["hit_rate"]["held_out"] <= 1.0 and set(retrieval["cut"]) == {"held_out", "trained"}
+    assert report["models"]["base_retrieval"]["retrieval"].startswith("BM25")
     assert report["forgetting"]["kl"] >= 0 and len(report["side_by_side"]) == 2
     assert report["models"]["fine_tuned"]["digest"] == open_artifact(out, "adapter", "lora-adapter").manifest.digest
     markdown = artifact.file("report.md").read_text()

@@ -197,3 +197,57 @@ def test_an_export_whose_served_model_later_promotions_pruned_is_retried_not_fai
             assert failed.value.exit_code == EXIT_FAILURE and "the promotion moved on" in str(failed.value)
         else:  # still named by the promotion in force, and gone: the volume is broken, no retry helps
             assert failed.value.exit_code == EXIT_BAD_INPUT and "is not on the volume" in str(failed.value)
+
+
+@pytest.fixture(scope="module")
+def judged_with_retrieval(tmp_path_factory: pytest.TempPathFactory, volumes: dict[str, Path]) -> Path:
+    """A volume on which the served model was judged with retrieval (serving.retrieval) and promoted."""
+    root = tmp_path_factory.mktemp("judged-retrieval")
+    assert run_evaluation(root, volumes, evaluation=JUDGED, serving={"engine": "openvino", "retrieval": True}) == 0
+    return root / "fine-tuned-model"
+
+
+def test_served_with_retrieval_answers_as_judged_and_says_so(judged_with_retrieval: Path,
+                                                             volumes: dict[str, Path]) -> None:
+    volume = judged_with_retrieval
+    report = report_of(volume)
+    served = open_artifact(volume, "served-model", "served-model-openvino")  # the index is in its checked files
+    assert report["retrieval"]["served"] is True and served.manifest.metadata["retrieval"] is True
+    assert any(f.path.startswith("retrieval/") for f in served.manifest.files)
+    indexed = [json.loads(line)["question"] for line in (served.path / "retrieval" / "passages.jsonl").open()]
+    datasets = volumes["datasets"]
+    train = [json.loads(line)["messages"][-2]["content"] for line in
+             open_artifact(datasets, "dataset", "dataset").file("train.jsonl").read_text().splitlines()]
+    held_out = [json.loads(line)["messages"][-2]["content"] for line in
+                open_artifact(datasets, "dataset", "dataset").file("eval.jsonl").read_text().splitlines()]
+    assert set(indexed) <= set(train) and not set(indexed) & set(held_out)  # the eval split is never retrieved
+    engine = engine_on(volumes, volume, retrieval=True)
+    try:
+        wait_until(lambda: engine.ready)
+        client = create_app(engine, engine.config).test_client()
+        for row in report["side_by_side"]:  # through HTTP, where retrieval happens: the judged answers
+            reply = client.post("/prompt", json={"input_prompt": row["question"],
+                                                 "max_new_tokens": JUDGED["max_new_tokens"]},
+                                headers={"Accept": "application/json"})
+            assert reply.status_code == 200 and reply.get_json()["answer"] == row["answers"]["served"]
+        assert client.get("/ready").get_json()["retrieval"] is True
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert "pft_retrieval_enabled 1.0" in metrics
+        assert f"pft_retrieval_requests_total {float(len(report['side_by_side']))}" in metrics
+        for row in report["side_by_side"]:  # retrieved records are private text: never in a metric
+            assert row["question"] not in metrics and row["expected"] not in metrics
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("retrieval", [False, True])
+def test_a_served_model_judged_otherwise_is_refused(retrieval: bool, judged: Path, judged_with_retrieval: Path,
+                                                   volumes: dict[str, Path]) -> None:
+    """Judged with retrieval, served without (or the other way round): refused, the reason in the status."""
+    engine = engine_on(volumes, judged if retrieval else judged_with_retrieval, retrieval=retrieval)
+    try:
+        wait_until(lambda: "refused" in engine.status)
+        judged_how = "judged without retrieval" if retrieval else "judged with retrieval"
+        assert engine.loaded is None and judged_how in engine.status and "serving.retrieval" in engine.status
+    finally:
+        engine.stop()

@@ -23,6 +23,7 @@ LAYERS = [
     {"telemetry"},
     {"data"},
     {"artifacts"},
+    {"retrieval"},
     {"models"},
     {"training"},
     {"evaluation"},

@@ -464,6 +464,8 @@ EXPORT = Output("export", "model-export", "model-export-server")
 BASE_MODEL_OPENVINO = Output("model", "base-model-openvino", "openvino-model-conversion-server")
 # The promoted model as the CPU server runs it (adapter merged, int8 weights), built and judged by the evaluation.
 SERVED_MODEL = Output("served-model", "served-model-openvino", "model-evaluation-server")
+# Inside a served model judged with retrieval (serving.retrieval): the BM25 index it was judged with.
+RETRIEVAL_FOLDER = "retrieval"
 
 
 def human_size(size: float) -> str:

@@ -243,6 +243,8 @@ def stem(word: str) -> str:
     """A crude English stem, enough to tell ``headquartered`` was said by ``headquarters``."""
     word = "".join(c for c in unicodedata.normalize("NFKD", word.lower()) if not unicodedata.combining(c))
     word = word.replace("’", "'").removesuffix("'s")
+    if word.endswith(("ss", "us", "is")):
+        return word  # express, status, analysis: not plurals
     for suffix, repl in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""), ("ly", "")):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)] + repl

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from private_finetuning.evaluation.report import EvaluationReport
 
-MODEL_COLOURS = {"base": "#9aa5b1", "fine_tuned": "#1f77b4", "reference": "#ff7f0e"}
+MODEL_COLOURS = {"base": "#9aa5b1", "base_retrieval": "#c5ccd4", "fine_tuned": "#1f77b4",
+                 "fine_tuned_retrieval": "#8fbbe0", "served": "#2ca02c", "reference": "#ff7f0e"}
 
 
 def _pyplot() -> Any:
@@ -107,7 +108,8 @@ def forgetting_chart(report: EvaluationReport) -> bytes:
                  percent=False)
 
 
-CHARTS = {"loss.png": "Training and eval loss", "fact_accuracy.png": "Fact accuracy, base vs fine-tuned vs reference",
+CHARTS = {"loss.png": "Training and eval loss",
+          "fact_accuracy.png": "Fact accuracy of each model, with and without retrieval",
           "fact_accuracy_by_fact.png": "Fact accuracy by kind of fact", "forgetting.png": "Forgetting on general text"}
 
 

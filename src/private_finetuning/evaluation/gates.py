@@ -36,6 +36,14 @@ def check_gates(gates: EvaluationGates, metrics: dict[str, ModelScores]) -> list
     elif gates.min_fact_accuracy_gain is not None or gates.min_fact_accuracy is not None:
         results.append(GateResult("fact accuracy gates", None, None, True,
                                   "not applicable: no eval record has an `answer` or a fact in its reply to check"))
+    if gates.min_gain_over_retrieval is not None:
+        rag = metrics.get("base_retrieval")
+        if rag is None or rag.fact_accuracy is None or judged.fact_accuracy is None:
+            results.append(GateResult("min_gain_over_retrieval", gates.min_gain_over_retrieval, None, True,
+                                      "not applicable: no fact accuracy of the base model with retrieval"))
+        else:
+            gain = judged.fact_accuracy - rag.fact_accuracy
+            gate("min_gain_over_retrieval", gates.min_gain_over_retrieval, gain, gain >= gates.min_gain_over_retrieval)
     kl = tuned.forgetting_kl
     gate("max_forgetting_kl", gates.max_forgetting_kl, kl,
          gates.max_forgetting_kl is not None and (kl or 0.0) <= gates.max_forgetting_kl)

@@ -24,10 +24,12 @@ from private_finetuning.evaluation.metrics import fact_accuracy_by_kind, score_a
 from private_finetuning.evaluation.pages import percent
 from private_finetuning.evaluation.report import (
     MODELS,
+    RETRIEVAL_ROWS,
     AnswerScores,
     EvaluationReport,
     Forgetting,
     ModelScores,
+    RetrievalSummary,
     Scoring,
     SideBySide,
     WrongAnswer,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from private_finetuning.config import PipelineConfig
     from private_finetuning.data.record import Record
     from private_finetuning.evaluation.served import Builder, ServedModel
+    from private_finetuning.retrieval.index import Context, RetrievalIndex
 
 QuestionSets = dict[str, list["Record"]]  # "held_out" and "trained"
 Answers = dict[str, list[str]]  # by question set
@@ -75,6 +78,11 @@ def wrong_answers(sets: QuestionSets, answers: Answers, limit: int) -> list[Wron
     return wrong[:limit]
 
 
+def asked_as(record: Record, prompt: str) -> Record:
+    """``record`` with its question replaced by ``prompt`` (the question with context): what a model is asked."""
+    return record.replace(messages=[*record.messages[:-2], {"role": "user", "content": prompt}, record.messages[-1]])
+
+
 def answer_scores(questions: list[Record], answers: list[str]) -> AnswerScores:
     return AnswerScores(score_answers(questions, answers), fact_accuracy_by_kind(questions, answers))
 
@@ -87,9 +95,75 @@ class Judge:
         self.config, self.inputs, self.device, self.log, self.builder = config, inputs, device, log, served
         self.sets = question_sets(config, inputs["dataset"], log)
         self.models = [k for k in MODELS if (k != "reference" or "reference" in inputs) and
-                       (k != "served" or served is not None)]
+                       (k != "served" or served is not None) and k not in RETRIEVAL_ROWS.values()]
+        self.index = self._build_index()
+        self.contexts: dict[str, list[Context]] = {}  # per question set, once asked with retrieval
+        self.extra: dict[str, tuple[ModelScores, Answers]] = {}  # the retrieval rows, judged beside their models
         self.served: ServedModel | None = None  # the served model judged, once judged
         self.precisions: dict[str, str] = {}  # each transformers row's dtype, recorded in its row of the report
+
+    def _build_index(self) -> RetrievalIndex | None:
+        """BM25 over the train split (never the eval split), where retrieval is judged or served."""
+        if not (self.config.retrieval.evaluate or self.config.serving.retrieval):
+            return None
+        from private_finetuning.data.record import read_split
+        from private_finetuning.retrieval.index import RetrievalIndex
+
+        path = self.inputs["dataset"].file("train.jsonl")
+        start = time.perf_counter()
+        index = RetrievalIndex.build(read_split(path), str(path))
+        self.log.info("retrieval: indexed %d train records in %.2fs (BM25, k=%d)", len(index.passages),
+                      time.perf_counter() - start, self.config.retrieval.k)
+        return index
+
+    def asked_with_retrieval(self) -> QuestionSets:
+        """Each question set as asked with retrieval: the k best train records, cut to size, before each question."""
+        assert self.index is not None
+        if not self.contexts:
+            tokenizer, _ = self.tokenizer("base")
+            cfg = self.config.retrieval
+
+            def count(text: str) -> int:
+                return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+            for name, questions in self.sets.items():
+                self.contexts[name] = [self.index.context(q.question, cfg.k, cfg.max_record_tokens, count)
+                                       for q in questions]
+        return {name: [asked_as(q, c.prompt) for q, c in zip(questions, self.contexts[name], strict=True)]
+                for name, questions in self.sets.items()}
+
+    def retrieval_summary(self) -> RetrievalSummary | None:
+        """The index's size, the settings, and per question set the hit rate (a retrieved record states the
+        question's fact) and the records cut."""
+        if self.index is None or not self.contexts:
+            return None
+        cfg, summary = self.config.retrieval, None
+        summary = RetrievalSummary(len(self.index.passages), cfg.k, cfg.max_record_tokens,
+                                   served=self.config.serving.retrieval)
+        for name, questions in self.sets.items():
+            hits = [e.met_by(" ".join(self.index.passages[i].reply for i in c.passages)) if c.passages else
+                    (False if e.how != "none" else None)
+                    for e, c in zip(expectations(questions), self.contexts[name], strict=True)]
+            checked = [h for h in hits if h is not None]
+            summary.hit_rate[name] = sum(checked) / len(checked) if checked else None
+            summary.cut[name] = sum(c.cut for c in self.contexts[name])
+        return summary
+
+    def score_with_retrieval(self, kind: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                             eos: list[int]) -> tuple[ModelScores, Answers]:
+        """The answer metrics of ``kind`` asked with retrieval (the same model in memory, the same questions and
+        scoring: only the prompt differs); no perplexities (teacher-forced scores are of the plain model)."""
+        asked, label = self.asked_with_retrieval(), f"{kind} + retrieval"
+        answers, generated, seconds = self.answer_all(label, model, tokenizer, eos, asked["held_out"])
+        scores = ModelScores(answer_scores(self.sets["held_out"], answers), None, None,
+                             seconds / max(len(answers), 1), generated / seconds if seconds else None, len(answers))
+        all_answers = {"held_out": answers}
+        if self.sets.get("trained"):
+            all_answers["trained"] = self.answer_all(f"{label} (trained questions)", model, tokenizer, eos,
+                                                     asked["trained"])[0]
+            scores.trained = answer_scores(self.sets["trained"], all_answers["trained"])
+        self._log_scores(label, scores)
+        return scores, all_answers
 
     def tokenizer(self, kind: str) -> tuple[PreTrainedTokenizerBase, list[int]]:
         """Tokenizer and end-of-turn ids of 'base', 'fine_tuned', 'served' or 'reference'."""
@@ -152,6 +226,8 @@ class Judge:
             scores.forgetting_kl = mean_kl(base_general, answer_log_probs(model, general, pad, self.device,
                                                                           cfg.batch_size))
         self._log_scores(kind, scores)
+        if kind in RETRIEVAL_ROWS and self.config.retrieval.evaluate:
+            self.extra[RETRIEVAL_ROWS[kind]] = self.score_with_retrieval(kind, model, tokenizer, eos)
         del model
         gc.collect()
         return scores, all_answers, log_probs
@@ -178,15 +254,18 @@ class Judge:
         from private_finetuning.evaluation.served import answer, open_pipeline
 
         tokenizer, eos = self.tokenizer("served")
-        self.log.info("served (%s): answering %d held-out and %d trained questions", served.describe(),
-                      len(self.sets["held_out"]), len(self.sets["trained"]))
+        with_retrieval = self.config.serving.retrieval  # judged as it will be served
+        self.log.info("served (%s%s): answering %d held-out and %d trained questions", served.describe(),
+                      ", with retrieval" if with_retrieval else "", len(self.sets["held_out"]),
+                      len(self.sets["trained"]))
+        asked = self.asked_with_retrieval() if with_retrieval else self.sets
         questions, pipe = self.sets["held_out"], open_pipeline(served, self.config)
-        answers, generated, seconds = answer(pipe, self.config, tokenizer, eos, questions)
+        answers, generated, seconds = answer(pipe, self.config, tokenizer, eos, asked["held_out"])
         scores = ModelScores(answer_scores(questions, answers), None, None, seconds / max(len(answers), 1),
                              generated / seconds if seconds else None, len(answers))
         all_answers = {"held_out": answers}
         if self.sets.get("trained"):
-            all_answers["trained"] = answer(pipe, self.config, tokenizer, eos, self.sets["trained"])[0]
+            all_answers["trained"] = answer(pipe, self.config, tokenizer, eos, asked["trained"])[0]
             scores.trained = answer_scores(self.sets["trained"], all_answers["trained"])
         return scores, all_answers
 
@@ -219,7 +298,10 @@ class Judge:
             metrics[kind], answers[kind], log_probs = self.score(kind, base_general)
             if kind == "base":
                 base_general = log_probs
+            if RETRIEVAL_ROWS.get(kind) in self.extra:
+                metrics[RETRIEVAL_ROWS[kind]], answers[RETRIEVAL_ROWS[kind]] = self.extra.pop(RETRIEVAL_ROWS[kind])
         report = build_report(self.config, self.inputs, self.sets, metrics, answers, self.served, self.precisions)
+        report.retrieval = self.retrieval_summary()
         report.duration_s = round(time.perf_counter() - start, 1)
         return report
 
@@ -245,6 +327,9 @@ def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: Ques
     for kind, dtype in (precisions or {}).items():
         if kind in models:
             models[kind]["precision"] = dtype
+    for plain, with_retrieval in RETRIEVAL_ROWS.items():
+        if with_retrieval in metrics:
+            models[with_retrieval] = {**models[plain], "retrieval": f"BM25, train split, top {config.retrieval.k}"}
     questions = sets["held_out"]
     report = EvaluationReport(
         questions=len(questions), config=cfg.model_dump(), models=models,

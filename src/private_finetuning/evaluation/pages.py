@@ -43,12 +43,25 @@ def render_markdown(report: EvaluationReport) -> str:
                       f"{served['weights']} weights, {served['precision']} inference, continuously batched); "
                       f"{served['answers_equal_to_fine_tuned']} held-out answers identical to the fine-tuned model's. "
                       "The fact gates judge the served model; it has answers, not perplexities."]
+    lines += _retrieval(report)
     f = report.forgetting
     lines += ["", "## Forgetting", "",
               f"Mean KL(base || fine-tuned) of next-token distributions on general text: {_fmt(f.kl)} nats; "
               f"general-text perplexity {_fmt(f.general_perplexity_base)} -> "
               f"{_fmt(f.general_perplexity_fine_tuned)} ({f.general_perplexity_increase:+.1%}).", ""]
     return "\n".join(lines + _by_fact(report, models) + _gates(report) + _samples(report, models))
+
+
+def _retrieval(report: EvaluationReport) -> list[str]:
+    r = report.retrieval
+    if r is None:
+        return []
+    rates = ", ".join(f"{name.replace('_', '-')} {percent(rate)}" for name, rate in r.hit_rate.items())
+    cut = sum(r.cut.values())
+    return ["", f"Retrieval: BM25 over the {r.records} records of the train split (never the eval split), the top "
+                f"{r.k} put before each question, each cut to {r.max_record_tokens} tokens ({cut} cut). Hit rate "
+                f"(a retrieved record states the question's fact): {rates}."
+                + (" The served model was judged with retrieval, as it serves." if r.served else "")]
 
 
 def _by_fact(report: EvaluationReport, models: list[str]) -> list[str]:

@@ -19,7 +19,10 @@ from private_finetuning.evaluation.metrics import ANSWER_METRICS, METRICS
 if TYPE_CHECKING:
     from private_finetuning.data.record import Record
 
-MODELS = ("base", "fine_tuned", "served", "reference")  # in the order they are judged and shown
+# In the order they are shown; the retrieval rows are the base and fine-tuned models asked with the train split's
+# best records as context (retrieval/index.py), judged right after the model they use.
+MODELS = ("base", "base_retrieval", "fine_tuned", "fine_tuned_retrieval", "served", "reference")
+RETRIEVAL_ROWS = {"base": "base_retrieval", "fine_tuned": "fine_tuned_retrieval"}
 
 
 @dataclass
@@ -131,6 +134,19 @@ class Scoring:
 
 
 @dataclass
+class RetrievalSummary:
+    """What retrieval did in the evaluation: the index, the template's settings, and per question set the share of
+    questions whose top k held a record stating their fact (the hit rate) and how many records were cut."""
+
+    records: int
+    k: int
+    max_record_tokens: int
+    hit_rate: dict[str, float | None] = field(default_factory=dict)
+    cut: dict[str, int] = field(default_factory=dict)
+    served: bool = False  # the served model was judged with retrieval (serving.retrieval)
+
+
+@dataclass
 class GateResult:
     gate: str
     threshold: float | None
@@ -158,6 +174,7 @@ class EvaluationReport:
     gates: list[GateResult] = field(default_factory=list)
     duration_s: float = 0.0
     scoring: dict[str, Scoring] = field(default_factory=dict)  # by question set: held_out, trained
+    retrieval: RetrievalSummary | None = None
 
     @property
     def fine_tuned(self) -> ModelScores:
@@ -181,7 +198,8 @@ class EvaluationReport:
                 "side_by_side": [asdict(s) for s in self.side_by_side],
                 "wrong_answers": [asdict(w) for w in self.wrong_answers],
                 "gates": [g.to_json() for g in self.gates], "duration_s": self.duration_s,
-                "scoring": {k: asdict(v) for k, v in self.scoring.items()}}
+                "scoring": {k: asdict(v) for k, v in self.scoring.items()},
+                "retrieval": asdict(self.retrieval) if self.retrieval is not None else None}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
@@ -194,7 +212,8 @@ class EvaluationReport:
                    side_by_side=[SideBySide(**s) for s in data["side_by_side"]],
                    wrong_answers=[WrongAnswer(**w) for w in data.get("wrong_answers", [])],
                    gates=[GateResult(**g) for g in data.get("gates", [])], duration_s=data.get("duration_s", 0.0),
-                   scoring={k: Scoring(**v) for k, v in data.get("scoring", {}).items()})
+                   scoring={k: Scoring(**v) for k, v in data.get("scoring", {}).items()},
+                   retrieval=RetrievalSummary(**data["retrieval"]) if data.get("retrieval") else None)
 
     @classmethod
     def loads(cls, text: str) -> EvaluationReport:

@@ -22,6 +22,7 @@ from private_finetuning.serving.engines.base import Engine
 from private_finetuning.serving.engines.process import EngineProcess
 from private_finetuning.serving.metrics import Metrics
 from private_finetuning.serving.requests import ApiError, error_body
+from private_finetuning.serving.retrieval import Retrieval
 from private_finetuning.serving.state import KEY, ServerState, served, state
 from private_finetuning.serving.views.openai import openai
 from private_finetuning.serving.views.operations import operations
@@ -36,7 +37,8 @@ def create_app(engine: Engine | EngineProcess, config: PipelineConfig) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = serving.max_body_bytes
     metrics = Metrics(queue_depth=engine.queue_depth, generated_tokens=lambda: engine.generated_tokens,
                       served=lambda: served(engine) if engine.loaded else None)
-    app.extensions[KEY] = ServerState(engine, serving, metrics, schemas.build(serving))
+    retrieval = Retrieval(config.retrieval, metrics.registry) if serving.retrieval else None
+    app.extensions[KEY] = ServerState(engine, serving, metrics, schemas.build(serving), retrieval)
     app.before_request(_start_timer)
     app.after_request(_record)
     app.register_error_handler(ApiError, _api_error)

@@ -110,15 +110,19 @@ def prompt_ids(messages: list[dict[str, str]], field: str = "messages") -> list[
     """The conversation's token ids with the chat template; a conversation the template refuses is a 422."""
     from jinja2 import TemplateError
 
-    engine, serving = state().engine, state().serving
+    engine, serving, retrieval = state().engine, state().serving, state().retrieval
     if not engine.ready:
         raise ApiError(503, f"model not loaded yet: {engine.status}", headers={"Retry-After": "5"})
     try:
         ids = engine.encode(messages)
+        if len(ids) <= serving.max_prompt_tokens and retrieval is not None and engine.loaded is not None:
+            # The request's own size is checked first; its context may add up to retrieval's allowance.
+            ids = engine.encode(retrieval.apply(messages, engine.loaded))
     except TemplateError as exc:  # the template's raise_exception(): its author's words, not the request's text
         raise ApiError(422, f"the model's chat template refuses this conversation: {str(exc)[:200]}",
                        field=field) from None
-    if len(ids) > serving.max_prompt_tokens:
+    limit = serving.max_prompt_tokens + (retrieval.extra_prompt_tokens if retrieval is not None else 0)
+    if len(ids) > limit:
         raise ApiError(422, f"the prompt is {len(ids)} tokens with the chat template, over the limit of "
                             f"{serving.max_prompt_tokens}")
     return ids

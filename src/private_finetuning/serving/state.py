@@ -11,6 +11,7 @@ from private_finetuning.config import ServingConfig
 from private_finetuning.serving.engines.base import Engine
 from private_finetuning.serving.engines.process import EngineProcess
 from private_finetuning.serving.metrics import Metrics
+from private_finetuning.serving.retrieval import Retrieval
 from private_finetuning.serving.schemas import Bodies
 
 KEY = "private_finetuning"
@@ -22,6 +23,7 @@ class ServerState:
     serving: ServingConfig
     metrics: Metrics
     bodies: Bodies
+    retrieval: Retrieval | None = None  # serving.retrieval: questions asked with the train split's best records
 
 
 def state() -> ServerState:
@@ -42,4 +44,5 @@ def served(engine: Engine | EngineProcess) -> dict[str, Any]:
         out.update(served_model_digest=loaded.served_model_digest, weights=loaded.weights, judged=True)
     if loaded.fallback is not None:
         out.update(judged=False, fallback=loaded.fallback)
+    out["retrieval"] = bool(loaded.retrieval_path)  # judged with retrieval, and so served with it
     return out

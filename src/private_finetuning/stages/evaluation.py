@@ -23,11 +23,12 @@ from private_finetuning.artifacts.store import (
     DATASET,
     EVALUATION,
     REFERENCE_MODEL,
+    RETRIEVAL_FOLDER,
     SERVED_MODEL,
     Artifact,
     ArtifactWriter,
 )
-from private_finetuning.errors import GateFailed
+from private_finetuning.errors import ConfigError, GateFailed
 from private_finetuning.evaluation import charts
 from private_finetuning.evaluation.judge import Judge
 from private_finetuning.evaluation.metrics import METRICS
@@ -36,6 +37,7 @@ from private_finetuning.evaluation.report import EvaluationReport
 from private_finetuning.evaluation.served import Builder, ServedModel, judges_served_model
 from private_finetuning.models import host
 from private_finetuning.models.device import select_device
+from private_finetuning.retrieval.index import RetrievalIndex
 from private_finetuning.stages.common import (
     StageContext,
     already_published,
@@ -84,6 +86,7 @@ class Judged:
     published: Artifact
     adapter: Artifact
     served: ServedModel | None = None
+    index: RetrievalIndex | None = None  # the retrieval index the served model was judged with (serving.retrieval)
 
 
 def evaluate(ctx: StageContext, scratch: Path) -> Judged:
@@ -91,9 +94,13 @@ def evaluate(ctx: StageContext, scratch: Path) -> Judged:
     inputs = wait_for_inputs(ctx)
     device = select_device("fp32")  # the judged transformers rows run fp32 weights without autocast, on any host
     serving = judges_served_model(ctx.config, cuda=device.name == "cuda")
+    if ctx.config.serving.retrieval and not serving:
+        raise ConfigError("serving.retrieval: the served model is judged with retrieval and carries its index, but "
+                          "this server builds no served model (serving.engine is not openvino on a CPU)")
     fp = fingerprint(KIND, {k: a.manifest.digest for k, a in inputs.items()}, ctx.config.evaluation.model_dump(),
                      ctx.config.prompting.system_prompt, serving and ctx.config.serving.openvino.model_dump(),
-                     serving and ctx.config.serving.max_batch_size)
+                     serving and ctx.config.serving.max_batch_size, ctx.config.retrieval.model_dump(),
+                     ctx.config.serving.retrieval)
     existing = already_published(ctx, ctx.args.fine_tuned, ARTIFACT, KIND, fp)
     if existing is not None and (not serving or
                                  promotion.served_model_of(ctx.args.fine_tuned, inputs["adapter"].manifest.digest,
@@ -104,7 +111,8 @@ def evaluate(ctx: StageContext, scratch: Path) -> Judged:
     judge = Judge(ctx.config, inputs, device.name, ctx.log, served=builder)
     report = judge.judge()
     write_tensorboard(ctx, inputs["adapter"], report)
-    return Judged(report, publish(ctx, report, inputs, fp), inputs["adapter"], judge.served)
+    return Judged(report, publish(ctx, report, inputs, fp), inputs["adapter"], judge.served,
+                  judge.index if ctx.config.serving.retrieval else None)
 
 
 def publish(ctx: StageContext, report: EvaluationReport, inputs: dict[str, Artifact], fp: str) -> Artifact:
@@ -189,6 +197,8 @@ def publish_served(ctx: StageContext, judged: Judged) -> Artifact:
         assert w.path is not None
         for path in served.path.iterdir():
             shutil.copy2(path, w.path / path.name)
+        if judged.index is not None:  # judged with it, so served with it: one digest covers model and index
+            judged.index.save(w.path / RETRIEVAL_FOLDER)
         return w.commit(name=f"{adapter.manifest.name}-openvino-{served.weights}",
                         source={"adapter": {"kind": adapter.manifest.kind, "digest": adapter.manifest.digest},
                                 "report": {"kind": KIND, "digest": judged.published.manifest.digest}},
@@ -197,7 +207,7 @@ def publish_served(ctx: StageContext, judged: Judged) -> Artifact:
                                   "base_tokenizer_digest": source.get("base_tokenizer", {}).get("digest", ""),
                                   "weights": served.weights, "precision": served.precision,
                                   "kv_cache_precision": served.kv_cache_precision, "host_kind": host.kind(),
-                                  "openvino": openvino.__version__,
+                                  "openvino": openvino.__version__, "retrieval": judged.index is not None,
                                   "fact_accuracy": judged.report.judged.fact_accuracy})
 
 

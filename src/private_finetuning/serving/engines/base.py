@@ -69,6 +69,7 @@ class LoadedModel:
     kv_cache_precision: str = ""
     fallback: str | None = None
     tokenizer_path: str = ""  # the published tokenizer it encodes with (the engine process's parent loads it too)
+    retrieval_path: str = ""  # the retrieval index judged with the served model (serving.retrieval), "" without
     promotion: tuple[str, ...] = ()  # the promotion's ``served`` identity this model was loaded for
 
 
@@ -183,6 +184,9 @@ class Engine:
             self.status = "loading the model"
             fresh = self._load(base, tokenizer, adapter, promoted)
             fresh.tokenizer_path, fresh.promotion = str(tokenizer.path), key
+            if self.serving.retrieval and not fresh.retrieval_path:
+                raise ArtifactError("serving.retrieval is on, but the promotion names no served model judged with "
+                                    "retrieval (re-run the evaluation with serving.retrieval: true)")
         except ArtifactError as exc:
             self.refused[key] = self._public(exc)
             still = f"still serving {loaded.adapter_digest[:12]}" if loaded else "nothing else to serve"

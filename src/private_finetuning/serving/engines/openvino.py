@@ -32,6 +32,7 @@ from typing import Any
 from private_finetuning.artifacts import promotion
 from private_finetuning.artifacts.store import (
     BASE_MODEL_OPENVINO,
+    RETRIEVAL_FOLDER,
     Artifact,
     Manifest,
     current_version,
@@ -118,12 +119,19 @@ class OpenVINOEngine(Engine):
             raise ArtifactError(f"it was judged at {promoted.served_precision}, but serving.openvino.precision "
                                 f"({self.serving.openvino.precision}) is {precision} on this host; another precision "
                                 "gives other answers, so it is not served (set the precision it was judged at)")
+        judged_with = bool(meta.get("retrieval", False))
+        if judged_with != self.serving.retrieval:
+            how = "with" if judged_with else "without"
+            raise ArtifactError(f"it was judged {how} retrieval, but serving.retrieval is "
+                                f"{str(self.serving.retrieval).lower()}; answers with and without context differ, "
+                                "so it is not served (set serving.retrieval as it was judged)")
         # As judged: served models from before the key was recorded were judged with OpenVINO's default, u8.
         kv_cache = str(meta.get("kv_cache_precision", "u8"))
         pipeline = openvino_ir.pipeline(served.path, self.serving.openvino, precision=precision,
                                         kv_cache_precision=kv_cache)
         return LoadedModel(pipeline, None, [], "", "", served_model_digest=served.manifest.digest,
-                           weights=str(meta.get("weights", "")), precision=precision, kv_cache_precision=kv_cache)
+                           weights=str(meta.get("weights", "")), precision=precision, kv_cache_precision=kv_cache,
+                           retrieval_path=str(served.path / RETRIEVAL_FOLDER) if judged_with else "")
 
     def _load_fused(self, base: Artifact, adapter: Artifact) -> LoadedModel:
         """The adapter fused into the base model's IR: only where the promotion names no judged model."""
