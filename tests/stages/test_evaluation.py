@@ -204,7 +204,8 @@ def test_report_files_tensorboard_and_idempotence(tmp_path: Path, volumes: dict[
         assert 0.0 <= metrics["fact_accuracy"] <= 1.0 and metrics["latency_s_per_answer"] > 0
         assert metrics["questions"] == 4
         # the retrieval rows are the same models asked with context: answers, not perplexities
-        assert (metrics["answer_perplexity"] is None) if kind.endswith("_retrieval") else metrics["answer_perplexity"] > 1
+        perplexity = metrics["answer_perplexity"]
+        assert perplexity is None if kind.endswith("_retrieval") else perplexity > 1
     retrieval = report["retrieval"]
     assert retrieval["k"] == 3 and retrieval["records"] > 0 and retrieval["served"] is False
     assert 0.0 <= retrieval["hit_rate"]["held_out"] <= 1.0 and set(retrieval["cut"]) == {"held_out", "trained"}

@@ -62,7 +62,7 @@ def test_saved_and_loaded_it_answers_the_same(tmp_path: Path) -> None:
 
 
 def test_nothing_to_index_or_a_broken_index_is_an_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(InputDataError, match="datasets/train.jsonl: nothing to index"):
+    with pytest.raises(InputDataError, match=r"datasets/train\.jsonl: nothing to index"):
         RetrievalIndex.build([Record([{"role": "assistant", "content": "plain text"}])], "datasets/train.jsonl")
     broken = tmp_path / "broken"
     broken.mkdir()
