@@ -47,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="training seeds per configuration (1234, 1235, ...)")
     p.add_argument("--no-before", action="store_true", help="skip the previous defaults (the baseline)")
     p.add_argument("--no-defaults", action="store_true", help="skip today's defaults")
+    p.add_argument("--no-answers", action="store_true",
+                   help="strip `answer` and `fact` from the other-domain sets: scored by the facts of their replies, "
+                        "as users' data usually is (docs/data.md)")
     p.add_argument("--out", type=Path, default=Path("quality.json"))
     return p.parse_args()
 
@@ -72,10 +75,15 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def dataset_source(name: str, folder: Path) -> dict:
+def dataset_source(name: str, folder: Path, no_answers: bool = False) -> dict:
     if name == "acmehotels":
         return {"source": {"type": "embedded", "name": "acmehotels", "size": "small"}}
-    return {"source": {"type": "file", "path": str(domains.write(name, folder / f"{name}.jsonl"))}}
+    path = domains.write(name, folder / f"{name}.jsonl")
+    if no_answers:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("answer", "fact")}) + "\n"
+                                for r in rows))
+    return {"source": {"type": "file", "path": str(path)}}
 
 
 def ensure_base(volumes: Path, scratch: Path) -> tuple[Path, Path]:
@@ -88,11 +96,12 @@ def ensure_base(volumes: Path, scratch: Path) -> tuple[Path, Path]:
     return model, tokenizer
 
 
-def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder: Path) -> dict:
+def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder: Path,
+            no_answers: bool = False) -> dict:
     folder.mkdir(parents=True)
     training = {**variant.get("training", {}), "sample_generations": 0, "seed": seed}
     config = write_yaml(folder / "pipeline.yaml", {
-        "dataset": {**dataset_source(name, folder), **variant.get("dataset", {})}, "training": training,
+        "dataset": {**dataset_source(name, folder, no_answers), **variant.get("dataset", {})}, "training": training,
         "evaluation": {"samples": 0, "trained_samples": 96, "include_reference": False,
                        "side_by_side": 0}})
     stage("dataset_relocation", config, output=folder / "datasets")
@@ -114,7 +123,12 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
             "steps": adapter["metadata"]["steps"], "train_s": adapter["metadata"]["train_seconds"],
             "stage_s": round(wall, 1), "by_fact": m["fine_tuned"]["fact_accuracy_by_fact"], "seed": seed,
             "eval_s": round(eval_wall, 1), "planned_steps": adapter["metadata"].get("planned_steps"),
-            "gates_passed": all(g["passed"] for g in report["gates"])}
+            "gates_passed": all(g["passed"] for g in report["gates"]),
+            # retrieval, the yardstick (docs/retrieval.md): the same questions asked with the top k train records
+            "base_rag_held_out": m.get("base_retrieval", {}).get("fact_accuracy"),
+            "tuned_rag_held_out": m.get("fine_tuned_retrieval", {}).get("fact_accuracy"),
+            "hit_rate": (report.get("retrieval") or {}).get("hit_rate", {}).get("held_out"),
+            "scoring": report.get("scoring", {}).get("held_out")}
 
 
 def overrides(text: str) -> tuple[str, dict]:
@@ -129,13 +143,20 @@ def summary(rows: list[dict]) -> list[str]:
         mean = sum(values) / len(values)
         return format(mean, fmt) if len(values) < 2 else f"{mean:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
-    lines = ["| dataset | configuration | seeds | trained exact | held-out | lowest kind held-out | KL | general ppl "
-             "| steps | train s | gates |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def optional(group: list[dict], key: str) -> str:
+        values = [r[key] for r in group if r.get(key) is not None]
+        return cell(values, ".1%") if values else "n/a"
+
+    lines = ["| dataset | configuration | seeds | trained exact | held-out | lowest kind held-out | base + retrieval "
+             "| fine-tuned + retrieval | retrieval hit rate | KL | general ppl | steps | train s | gates |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["dataset"], r["variant"]) for r in rows):
         group = [r for r in rows if (r["dataset"], r["variant"]) == key]
         worst = [min(r["by_fact"].values()) for r in group if r["by_fact"]]
         lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {cell([r['trained'] for r in group], '.1%')} "
                      f"| {cell([r['held_out'] for r in group], '.1%')} | {cell(worst, '.1%') if worst else 'n/a'} "
+                     f"| {optional(group, 'base_rag_held_out')} | {optional(group, 'tuned_rag_held_out')} "
+                     f"| {optional(group, 'hit_rate')} "
                      f"| {cell([r['kl'] for r in group], '.2f')} | {cell([r['ppl_increase'] for r in group], '+.0%')} "
                      f"| {cell([r['steps'] for r in group], '.0f')} | {cell([r['train_s'] for r in group], '.0f')} "
                      f"| {sum(r['gates_passed'] for r in group)}/{len(group)} pass |")
@@ -155,7 +176,7 @@ def main() -> None:
                 for label, variant in variants:
                     print(f"{dataset} / {label} / seed {seed} ...", flush=True)
                     folder = scratch / f"{dataset}-{label}-{seed}"
-                    rows.append({"variant": label, **run_one(dataset, variant, seed, base, folder)})
+                    rows.append({"variant": label, **run_one(dataset, variant, seed, base, folder, args.no_answers)})
                     print(json.dumps(rows[-1]), flush=True)
                     args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print("\n" + "\n".join(summary(rows)))

@@ -403,8 +403,7 @@ class EvaluationConfig(Section):
 
 
 class RetrievalConfig(Section):
-    """BM25 over the train split's records, put into the prompt as context (docs/retrieval.md): judged beside
-    fine-tuning by the evaluation, and served where serving.retrieval is on."""
+    """BM25 over the train split's records as context in the prompt: judged, and served if asked (docs/retrieval.md)."""
 
     evaluate: bool = True
     """Add the rows base + retrieval and fine-tuned + retrieval to the evaluation (same questions, decoding and
