@@ -183,6 +183,7 @@ def copy_served_model(ctx: StageContext, promoted: promotion.Promotion, folder: 
     served = served_model_now(ctx.args.fine_tuned, promoted)
     folder.mkdir()
     for path in served.path.iterdir():
+        # Files only: a retrieval index (retrieval/, the train split's text) stays on the volume, never exported.
         if path.is_file() and path.name != MANIFEST:
             shutil.copy2(path, folder / path.name)
     ctx.log.info("copied the served model %s (%s weights)", served.manifest.digest[:12], promoted.served_weights)
