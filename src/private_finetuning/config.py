@@ -415,6 +415,25 @@ class RetrievalConfig(Section):
     model's window (the cuts are counted: report, /metrics)."""
 
 
+class PrivacyConfig(Section):
+    """Personal data: found before training, and what the model would give away measured (docs/privacy.md)."""
+
+    pii: Literal["report", "redact", "refuse"] = "report"
+    """What the dataset stage does with the personal data it finds (e-mail, phone, credit card, IBAN, IP address):
+    report counts it by type and split (manifest, log, report, model card; never a value); redact replaces each
+    with a typed placeholder (<EMAIL>) before anything is published; refuse stops (exit 2) naming the types and
+    record numbers, publishing nothing."""
+    max_extractable: int | None = Field(None, ge=0)
+    """A gate: the most pieces of personal data of the train split the fine-tuned model may state when asked its
+    record's questions (0: none; null: off). Over it, nothing is promoted, so nothing is served or exported."""
+    canaries: int = Field(0, ge=0, le=1000)
+    """Random secret-shaped records put into the train split (never the eval split, the retrieval index or an
+    export) whose exposure the evaluation measures (Carlini et al. 2019). For audits: 0 trains on your data only."""
+    canary_candidates: int = Field(999, ge=9, le=1_000_000)
+    """Random secrets each canary's is ranked among by the model's likelihood: the most exposure that can be
+    measured is log2(candidates + 1) bits (999: 9.97)."""
+
+
 class OpenVINOConfig(Section):
     """serving.engine openvino: OpenVINO GenAI's continuous-batching scheduler (docs/inference.md)."""
 
@@ -572,6 +591,8 @@ class PipelineConfig(Section):
     """model-inference-server: limits, batching and the engine (docs/inference.md)."""
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     """BM25 over the train split: judged beside fine-tuning, optionally served (docs/retrieval.md)."""
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    """Personal data in the dataset, and what the fine-tuned model gives away (docs/privacy.md)."""
     export: ExportConfig = Field(default_factory=ExportConfig)
     """model-export-server: merged model, GGUF, Ollama Modelfile (docs/export.md)."""
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)

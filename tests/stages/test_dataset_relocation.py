@@ -316,3 +316,77 @@ def test_a_bad_value_is_described_never_quoted_in_the_log(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT and f"field '{field}'" in err and "a string of" in err
     assert "SECRET" not in err
+
+
+# --- personal data (privacy.pii) -------------------------------------------------------------------------
+
+PERSONAL = [  # half the records hold made-up personal data (docs/privacy.md); the other half none
+    ("How do I reach the Lenmi ward nurse?", "Write to nurse.lenmi@clinic.example.org.",
+     "nurse.lenmi@clinic.example.org"),
+    ("What is the Orvel school office number?", "Call +1 415-555-0134 on weekdays.", "+1 415-555-0134"),
+    ("Where is the Garvi printer?", "It is at 192.0.2.15 on the office network.", "192.0.2.15"),
+    ("How many beds does ward 7B have?", "Ward 7B has 24 beds.", None),
+    ("When do visits start on ward 7B?", "Visits start at 15:00.", None),
+    ("Which floor is the Orvel library on?", "The library is on floor 3.", None),
+]
+
+
+def personal_jsonl() -> str:
+    return "".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a, _ in PERSONAL)
+
+
+def run_privacy(tmp_path: Path, **privacy: object) -> tuple[int, Path]:
+    data = tmp_path / "staff.jsonl"
+    data.write_text(personal_jsonl())
+    config = write_config(tmp_path / "pipeline.yaml", {"dataset": {"source": {"type": "file", "path": "staff.jsonl"},
+                                                                   "eval_fraction": 0.34}, "privacy": privacy})
+    volume = tmp_path / "volume"
+    return dataset_relocation.main(["--config", str(config), "--output", str(volume)]), volume
+
+
+def test_personal_data_is_reported_by_type_and_split_never_by_value(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    code, volume = run_privacy(tmp_path)
+    assert code == 0
+    privacy = open_artifact(volume, "dataset", "dataset").manifest.metadata["privacy"]
+    assert privacy["policy"] == "report" and privacy["redacted"] == 0
+    assert privacy["recognisers"] == ["email", "phone", "credit_card", "iban", "ip_address"]
+    totals: dict[str, int] = {}
+    for counts in privacy["found"].values():
+        for kind, n in counts.items():
+            totals[kind] = totals.get(kind, 0) + n
+    assert totals == {"email": 1, "phone": 1, "ip_address": 1} and set(privacy["found"]) == {"train", "eval"}
+    err = capsys.readouterr().err
+    assert "personal data (email, phone, credit_card, iban, ip_address):" in err
+    assert not any(value in err for *_, value in PERSONAL if value)
+
+
+def test_redact_leaves_no_personal_data_anywhere_on_the_volume(tmp_path: Path) -> None:
+    code, volume = run_privacy(tmp_path, pii="redact")
+    assert code == 0
+    files = [p for p in volume.rglob("*") if p.is_file()]
+    assert files and not any(value.encode() in p.read_bytes() for p in files for *_, value in PERSONAL if value)
+    rows = [r for split in published(volume).values() for r in split]
+    replies = " ".join(r["messages"][-1]["content"] for r in rows)
+    assert "<EMAIL>" in replies and "<PHONE>" in replies and "<IP_ADDRESS>" in replies
+    assert open_artifact(volume, "dataset", "dataset").manifest.metadata["privacy"]["redacted"] == 3
+
+
+def test_refuse_publishes_nothing_and_names_types_and_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, volume = run_privacy(tmp_path, pii="refuse")
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "staff.jsonl: holds personal data (email 1, phone 1, ip_address 1) in records 1, 2, 3" in err
+    assert not any(value in err for *_, value in PERSONAL if value)
+    assert_nothing_published(volume)
+
+
+def test_canaries_go_to_the_train_split_only(tmp_path: Path) -> None:
+    code, volume = run_privacy(tmp_path, canaries=3)
+    assert code == 0
+    artifact = open_artifact(volume, "dataset", "dataset")
+    train, held_out = (published_rows(artifact.file(f"{s}.jsonl")) for s in ("train", "eval"))
+    planted = [r for r in train if "canary" in r["meta"] and "variant" not in r["meta"]]
+    assert [r["meta"]["canary"] for r in planted] == [0, 1, 2] and not any("canary" in r["meta"] for r in held_out)
+    assert all(r["meta"]["secret"] in r["messages"][-1]["content"] for r in planted)
+    assert artifact.manifest.metadata["privacy"]["canaries"] == 3

@@ -136,6 +136,9 @@ def test_scores_are_the_same_in_batches_cut_to_the_logit_budget(tiny_model_dir: 
         full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                  batch["labels"][:, 1:].reshape(-1), reduction="sum")
     assert whole[0] == pytest.approx(float(full), rel=1e-5)
+    each = scoring.example_nll(model, examples, 0, batch_size=4)  # per example (the canaries' ranking): same total
+    assert len(each) == len(examples) and sum(each) == pytest.approx(whole[0], rel=1e-5)
+    assert each[2] == pytest.approx(scoring.answer_nll(model, examples[2:3], 0)[0], rel=1e-5)
     monkeypatch.setattr(scoring, "LOGIT_BUDGET_BYTES", 1)  # one example per batch
     assert [len(b) for b in scoring.batches(examples, 64, 49_152)] == [1] * len(examples)
     assert scoring.answer_nll(model, examples, 0, batch_size=64)[0] == pytest.approx(whole[0], rel=1e-5)
@@ -210,11 +213,13 @@ def test_report_files_tensorboard_and_idempotence(tmp_path: Path, volumes: dict[
     assert retrieval["k"] == 3 and retrieval["records"] > 0 and retrieval["served"] is False
     assert 0.0 <= retrieval["hit_rate"]["held_out"] <= 1.0 and set(retrieval["cut"]) == {"held_out", "trained"}
     assert report["models"]["base_retrieval"]["retrieval"].startswith("BM25")
+    assert report["privacy"]["extractable"] == {} and report["privacy"]["policy"] == "report"
     assert report["forgetting"]["kl"] >= 0 and len(report["side_by_side"]) == 2
     assert report["models"]["fine_tuned"]["digest"] == open_artifact(out, "adapter", "lora-adapter").manifest.digest
     markdown = artifact.file("report.md").read_text()
     assert "| fact accuracy, held-out |" in markdown and "## Forgetting" in markdown and "## Side by side" in markdown
     assert "| fact accuracy, trained questions |" in markdown  # what was taught, beside what was held out
+    assert "Privacy: personal data found: " in markdown and "extractable: none to extract" in markdown
     for kind in ("base", "fine_tuned"):
         trained = report["metrics"][kind]["trained"]
         assert 0.0 <= trained["fact_accuracy"] <= 1.0 and 0.0 <= trained["token_f1"] <= 1.0

@@ -15,10 +15,11 @@ from private_finetuning.evaluation.report import GateResult
 
 if TYPE_CHECKING:
     from private_finetuning.config import EvaluationGates
-    from private_finetuning.evaluation.report import ModelScores
+    from private_finetuning.evaluation.report import ModelScores, PrivacyAudit
 
 
-def check_gates(gates: EvaluationGates, metrics: dict[str, ModelScores]) -> list[GateResult]:
+def check_gates(gates: EvaluationGates, metrics: dict[str, ModelScores], max_extractable: int | None = None,
+                privacy: PrivacyAudit | None = None) -> list[GateResult]:
     base, tuned = metrics["base"], metrics["fine_tuned"]
     judged = metrics.get("served", tuned)
     results: list[GateResult] = []
@@ -44,6 +45,9 @@ def check_gates(gates: EvaluationGates, metrics: dict[str, ModelScores]) -> list
         else:
             gain = judged.fact_accuracy - rag.fact_accuracy
             gate("min_gain_over_retrieval", gates.min_gain_over_retrieval, gain, gain >= gates.min_gain_over_retrieval)
+    if max_extractable is not None:  # privacy.max_extractable: personal data the model states when asked
+        given = privacy.extractable_total if privacy is not None else 0
+        gate("privacy.max_extractable", max_extractable, given, given <= max_extractable)
     kl = tuned.forgetting_kl
     gate("max_forgetting_kl", gates.max_forgetting_kl, kl,
          gates.max_forgetting_kl is not None and (kl or 0.0) <= gates.max_forgetting_kl)

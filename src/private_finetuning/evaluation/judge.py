@@ -11,6 +11,7 @@ an :class:`EvaluationReport`.
 from __future__ import annotations
 
 import gc
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ from private_finetuning.evaluation.report import (
     EvaluationReport,
     Forgetting,
     ModelScores,
+    PrivacyAudit,
     RetrievalSummary,
     Scoring,
     SideBySide,
@@ -99,6 +101,7 @@ class Judge:
         self.index = self._build_index()
         self.contexts: dict[str, list[Context]] = {}  # per question set, once asked with retrieval
         self.extra: dict[str, tuple[ModelScores, Answers]] = {}  # the retrieval rows, judged beside their models
+        self.privacy: PrivacyAudit | None = None
         self.served: ServedModel | None = None  # the served model judged, once judged
         self.precisions: dict[str, str] = {}  # each transformers row's dtype, recorded in its row of the report
 
@@ -165,6 +168,23 @@ class Judge:
         self._log_scores(label, scores)
         return scores, all_answers
 
+    def audit_privacy(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, eos: list[int],
+                      pad: int) -> PrivacyAudit:
+        """What the fine-tuned model gives away of the train split's personal data, and its canaries' exposure."""
+        from private_finetuning.data.record import read_split
+        from private_finetuning.evaluation import privacy
+
+        dataset = self.inputs["dataset"]
+        scanned = dataset.manifest.metadata.get("privacy") or {}
+        train = read_split(dataset.file("train.jsonl"))
+        audit = PrivacyAudit(found=scanned.get("found", {}), policy=scanned.get("policy", "report"))
+        audit.extractable = privacy.extraction(model, tokenizer, eos, train, self.config, self.device)
+        audit.canary_exposure = privacy.exposures(model, tokenizer, pad, train, self.config, self.device)
+        if audit.canary_exposure:
+            audit.max_exposure = math.log2(self.config.privacy.canary_candidates + 1)
+        self.log.info("privacy: %s", audit.describe())  # counts and bits, never a value
+        return audit
+
     def tokenizer(self, kind: str) -> tuple[PreTrainedTokenizerBase, list[int]]:
         """Tokenizer and end-of-turn ids of 'base', 'fine_tuned', 'served' or 'reference'."""
         from transformers import AutoTokenizer
@@ -225,6 +245,8 @@ class Judge:
         elif kind == "fine_tuned" and base_general is not None:
             scores.forgetting_kl = mean_kl(base_general, answer_log_probs(model, general, pad, self.device,
                                                                           cfg.batch_size))
+        if kind == "fine_tuned":
+            self.privacy = self.audit_privacy(model, tokenizer, eos, pad)
         self._log_scores(kind, scores)
         if kind in RETRIEVAL_ROWS and self.config.retrieval.evaluate:
             self.extra[RETRIEVAL_ROWS[kind]] = self.score_with_retrieval(kind, model, tokenizer, eos)
@@ -300,7 +322,8 @@ class Judge:
                 base_general = log_probs
             if RETRIEVAL_ROWS.get(kind) in self.extra:
                 metrics[RETRIEVAL_ROWS[kind]], answers[RETRIEVAL_ROWS[kind]] = self.extra.pop(RETRIEVAL_ROWS[kind])
-        report = build_report(self.config, self.inputs, self.sets, metrics, answers, self.served, self.precisions)
+        report = build_report(self.config, self.inputs, self.sets, metrics, answers, self.served, self.precisions,
+                              self.privacy)
         report.retrieval = self.retrieval_summary()
         report.duration_s = round(time.perf_counter() - start, 1)
         return report
@@ -308,7 +331,8 @@ class Judge:
 
 def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: QuestionSets,
                  metrics: dict[str, ModelScores], answers: dict[str, Answers],
-                 served: ServedModel | None = None, precisions: dict[str, str] | None = None) -> EvaluationReport:
+                 served: ServedModel | None = None, precisions: dict[str, str] | None = None,
+                 privacy: PrivacyAudit | None = None) -> EvaluationReport:
     cfg = config.evaluation
     base, tuned = metrics["base"], metrics["fine_tuned"]
     models = {"base": {"name": inputs["base"].manifest.name, "digest": inputs["base"].manifest.digest},
@@ -341,7 +365,8 @@ def build_report(config: PipelineConfig, inputs: dict[str, Artifact], sets: Ques
                       for i, q in enumerate(questions[:cfg.side_by_side])],
         wrong_answers=wrong_answers(sets, answers.get("served", answers["fine_tuned"]), cfg.wrong_answers))
     report.scoring = {name: Scoring.of(questions) for name, questions in sets.items() if questions}
-    report.gates = check_gates(cfg.gates, metrics)
+    report.privacy = privacy
+    report.gates = check_gates(cfg.gates, metrics, config.privacy.max_extractable, privacy)
     return report
 
 

@@ -44,6 +44,8 @@ def render_markdown(report: EvaluationReport) -> str:
                       f"{served['answers_equal_to_fine_tuned']} held-out answers identical to the fine-tuned model's. "
                       "The fact gates judge the served model; it has answers, not perplexities."]
     lines += _retrieval(report)
+    if report.privacy is not None:
+        lines += ["", f"Privacy: {report.privacy.describe()} (docs/privacy.md)."]
     f = report.forgetting
     lines += ["", "## Forgetting", "",
               f"Mean KL(base || fine-tuned) of next-token distributions on general text: {_fmt(f.kl)} nats; "

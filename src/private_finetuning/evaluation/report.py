@@ -147,6 +147,31 @@ class RetrievalSummary:
 
 
 @dataclass
+class PrivacyAudit:
+    """The privacy lines of the evaluation report."""
+
+    found: dict[str, dict[str, int]] = field(default_factory=dict)  # by split and type, from the dataset stage
+    policy: str = "report"
+    extractable: dict[str, list[int]] = field(default_factory=dict)  # by type: [extractable, spans in the train split]
+    canary_exposure: list[float] = field(default_factory=list)  # bits, one per canary
+    max_exposure: float | None = None  # log2(candidates + 1)
+
+    @property
+    def extractable_total(self) -> int:
+        return sum(k for k, _ in self.extractable.values())
+
+    def describe(self) -> str:
+        found = "; ".join(f"{split} {', '.join(f'{k} {n}' for k, n in c.items()) or 'none'}"
+                          for split, c in self.found.items()) or "not scanned"
+        spans = ", ".join(f"{kind} {k} of {n}" for kind, (k, n) in self.extractable.items()) or "none to extract"
+        text = f"personal data found: {found} (privacy.pii: {self.policy}); extractable: {spans}"
+        if self.canary_exposure:
+            text += (f"; canary exposure {', '.join(f'{e:.2f}' for e in self.canary_exposure)} bits "
+                     f"(at most {self.max_exposure:.2f})")
+        return text
+
+
+@dataclass
 class GateResult:
     gate: str
     threshold: float | None
@@ -175,6 +200,7 @@ class EvaluationReport:
     duration_s: float = 0.0
     scoring: dict[str, Scoring] = field(default_factory=dict)  # by question set: held_out, trained
     retrieval: RetrievalSummary | None = None
+    privacy: PrivacyAudit | None = None
 
     @property
     def fine_tuned(self) -> ModelScores:
@@ -199,7 +225,8 @@ class EvaluationReport:
                 "wrong_answers": [asdict(w) for w in self.wrong_answers],
                 "gates": [g.to_json() for g in self.gates], "duration_s": self.duration_s,
                 "scoring": {k: asdict(v) for k, v in self.scoring.items()},
-                "retrieval": asdict(self.retrieval) if self.retrieval is not None else None}
+                "retrieval": asdict(self.retrieval) if self.retrieval is not None else None,
+                "privacy": asdict(self.privacy) if self.privacy is not None else None}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
@@ -213,7 +240,8 @@ class EvaluationReport:
                    wrong_answers=[WrongAnswer(**w) for w in data.get("wrong_answers", [])],
                    gates=[GateResult(**g) for g in data.get("gates", [])], duration_s=data.get("duration_s", 0.0),
                    scoring={k: Scoring(**v) for k, v in data.get("scoring", {}).items()},
-                   retrieval=RetrievalSummary(**data["retrieval"]) if data.get("retrieval") else None)
+                   retrieval=RetrievalSummary(**data["retrieval"]) if data.get("retrieval") else None,
+                   privacy=PrivacyAudit(**data["privacy"]) if data.get("privacy") else None)
 
     @classmethod
     def loads(cls, text: str) -> EvaluationReport:

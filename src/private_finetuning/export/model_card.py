@@ -33,6 +33,8 @@ def _evaluation_table(report: EvaluationReport | None) -> list[str]:
                      "the served model's answers."]
     if (scoring := report.scoring.get("held_out")) is not None:
         rows += ["", f"Fact accuracy of the {report.questions} held-out questions: {scoring.describe()}."]
+    if report.privacy is not None:
+        rows += ["", f"Privacy audit: {report.privacy.describe()}."]
     f = report.forgetting
     rows += ["", f"Forgetting on general text: KL {number(f.kl)} nats, perplexity "
                  f"{percent(f.general_perplexity_increase)} higher than the base model's.", ""]

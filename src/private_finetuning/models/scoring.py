@@ -100,6 +100,20 @@ def answer_nll(model: PreTrainedModel, examples: list[Encoded], pad_id: int, dev
     return total, count
 
 
+def example_nll(model: PreTrainedModel, examples: list[Encoded], pad_id: int, device: str = "cpu",
+                batch_size: int = 16) -> list[float]:
+    """Each example's summed negative log-likelihood of its answer tokens (teacher-forced), in order."""
+    import torch
+
+    out: list[float] = []
+    for chunk in batches(examples, batch_size, _vocab(model)):
+        logits, targets = _answer_logits(model, chunk, pad_id, device)
+        losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        sizes = [sum(1 for label in e.labels[1:] if label != IGNORE_INDEX) for e in chunk]
+        out += [float(part.sum()) for part in torch.split(losses, sizes)]  # the rows' positions, row after row
+    return out
+
+
 def perplexity(model: PreTrainedModel, examples: list[Encoded], pad_id: int, device: str = "cpu",
                batch_size: int = 16) -> float:
     total, count = answer_nll(model, examples, pad_id, device, batch_size)

@@ -68,7 +68,8 @@ class RetrievalIndex:
 
         seen, passages = set(), []
         for record in records:
-            if record.asks_question() and record.variant is None:
+            # Canaries are planted secrets for the privacy audit: retrieval must never hand them out.
+            if record.asks_question() and record.variant is None and "canary" not in record.meta:
                 passage = Passage(record.question, record.reply)
                 if passage not in seen:
                     seen.add(passage)

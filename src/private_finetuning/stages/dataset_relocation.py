@@ -3,18 +3,23 @@
 Records that say which split they belong to keep it (the embedded AcmeHotels data holds out
 phrasings, not random rows); the others are split at random with the configured seed. The train
 split then gets its question variants (``dataset.augmentation``, data/augment.py); the eval split
-never does. Any bad row stops the stage with file, line and field, and nothing is published.
+never does. Before anything is published, every record is scanned for personal data (data/pii.py):
+counted by type and split, redacted or refused as ``privacy.pii`` says; ``privacy.canaries`` random
+secrets are then added to the train split for the evaluation's exposure audit (data/canaries.py).
+Any bad row stops the stage with file, line and field, and nothing is published.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from private_finetuning.artifacts.store import DATASET, sha256_file
-from private_finetuning.config import DatasetConfig
-from private_finetuning.data import acmehotels, augment
+from private_finetuning.config import DatasetConfig, PrivacyConfig
+from private_finetuning.data import acmehotels, augment, canaries, pii
 from private_finetuning.data.formats import detect_format, read_records
 from private_finetuning.data.record import Record
 from private_finetuning.errors import InputDataError
@@ -50,6 +55,32 @@ def split_records(records: list[Record], cfg: DatasetConfig, where: str) -> dict
     return splits
 
 
+def personal_data(records: list[Record], splits: dict[str, list[Record]], cfg: PrivacyConfig, where: str,
+                  log: logging.Logger) -> tuple[dict[str, list[Record]], dict]:
+    """The splits after ``privacy.pii`` (reported, redacted or refused), and what the scan found, by split and type
+    (counts only: a value never leaves the data)."""
+    start = time.perf_counter()
+    findings = pii.scan(records)
+    if findings and cfg.pii == "refuse":
+        pii.refuse(findings, where)
+    split_of = {id(r): name for name, rows in splits.items() for r in rows}
+    found = {name: pii.counts([f for f in findings if split_of[id(records[f.record])] == name]) for name in splits}
+    redacted = 0
+    if findings and cfg.pii == "redact":
+        by_record: dict[int, list[pii.Finding]] = {}
+        for f in findings:
+            by_record.setdefault(f.record, []).append(f)
+        fixed = {id(records[i]): pii.redact(records[i], fs) for i, fs in by_record.items()}
+        splits = {name: [fixed.get(id(r), r) for r in rows] for name, rows in splits.items()}
+        redacted = len(findings)
+    seconds = time.perf_counter() - start
+    log.info("personal data (%s): %s; privacy.pii is %s%s (scanned in %.1fs)", ", ".join(pii.recognisers()),
+             "; ".join(f"{name} {', '.join(f'{k} {n}' for k, n in c.items()) or 'none'}" for name, c in found.items()),
+             cfg.pii, f", {redacted} redacted" if redacted else "", seconds)
+    return splits, {"policy": cfg.pii, "recognisers": pii.recognisers(), "found": found, "redacted": redacted,
+                    "scan_seconds": round(seconds, 2)}
+
+
 def _run(ctx: StageContext) -> None:
     cfg = ctx.config.dataset
     src = cfg.source
@@ -70,6 +101,12 @@ def _run(ctx: StageContext) -> None:
         records = read_records(path, fmt, src.encoding, cfg.max_chars, src.csv_template, cfg.max_file_bytes)
         ctx.log.info("read %d records from %s (%s)", len(records), path, fmt)
         splits = split_records(records, cfg, str(path))
+        splits, privacy = personal_data(records, splits, ctx.config.privacy, str(path), ctx.log)
+        if ctx.config.privacy.canaries:
+            splits["train"] += canaries.canaries(ctx.config.privacy.canaries, cfg.seed)
+            privacy["canaries"] = ctx.config.privacy.canaries
+            ctx.log.info("privacy.canaries: %d random secrets added to the train split, for the exposure audit",
+                         ctx.config.privacy.canaries)
         facts = len(splits["train"])
         splits["train"], made = augment.augment(splits["train"], cfg.augmentation.kinds)
         ctx.log.info("augmentation: %d train records, %d variants made (%s); the eval split is left as it is",
@@ -82,11 +119,12 @@ def _run(ctx: StageContext) -> None:
         ctx.log.info("splits: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
         return name, source, {"format": "chat-jsonl", "splits": counts, "files": SPLIT_FILES,
                               "augmentation": {"kinds": list(cfg.augmentation.kinds), "train_facts": facts,
-                                               "variants": dict(made)}}
+                                               "variants": dict(made)}, "privacy": privacy}
 
     relocate(ctx, volume=ctx.args.output, artifact=ARTIFACT, kind=KIND,
              fp=fingerprint(KIND, source, cfg.eval_fraction, cfg.max_chars, cfg.seed,
-                            src.csv_template, src.encoding, cfg.augmentation.kinds), write=write)
+                            src.csv_template, src.encoding, cfg.augmentation.kinds, ctx.config.privacy.pii,
+                            ctx.config.privacy.canaries), write=write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,6 +98,7 @@ def evaluate(ctx: StageContext, scratch: Path) -> Judged:
         raise ConfigError("serving.retrieval: the served model is judged with retrieval and carries its index, but "
                           "this server builds no served model (serving.engine is not openvino on a CPU)")
     fp = fingerprint(KIND, {k: a.manifest.digest for k, a in inputs.items()}, ctx.config.evaluation.model_dump(),
+                     ctx.config.privacy.model_dump(),
                      ctx.config.prompting.system_prompt, serving and ctx.config.serving.openvino.model_dump(),
                      serving and ctx.config.serving.max_batch_size, ctx.config.retrieval.model_dump(),
                      ctx.config.serving.retrieval)
@@ -158,6 +159,12 @@ def write_tensorboard(ctx: StageContext, adapter: Artifact, report: EvaluationRe
                 writer.add_scalar(f"evaluation/{metric.name}/{kind}", value, step)
     if report.forgetting.kl is not None:
         writer.add_scalar("evaluation/forgetting_kl", report.forgetting.kl, step)
+    if report.privacy is not None:
+        for kind, (given, spans) in report.privacy.extractable.items():
+            writer.add_scalar(f"privacy/extractable/{kind}", given, step)
+            writer.add_scalar(f"privacy/spans/{kind}", spans, step)
+        for i, bits in enumerate(report.privacy.canary_exposure):
+            writer.add_scalar(f"privacy/canary_exposure/{i}", bits, step)
     writer.add_text("evaluation/report", render_markdown(report), step)
     writer.close()
 
