@@ -43,7 +43,8 @@ def parse_args() -> argparse.Namespace:
                    help="where base-model and base-tokenizer are published (relocated here if missing)")
     p.add_argument("--datasets", nargs="+", default=["acmehotels", "helpdesk", "products"])
     p.add_argument("--variant", action="append", default=[],
-                   help='name=JSON: {"training": {...}, "dataset": {...}} overrides (a bare object: training keys)')
+                   help='name=JSON: {"training": {...}, "dataset": {...}, "serving": {...}, "retrieval": {...}} '
+                        'overrides (a bare object: training keys)')
     p.add_argument("--seeds", type=int, default=3, help="training seeds per configuration (1234, 1235, ...)")
     p.add_argument("--no-before", action="store_true", help="skip the previous defaults (the baseline)")
     p.add_argument("--no-defaults", action="store_true", help="skip today's defaults")
@@ -54,6 +55,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+SECTIONS = ("serving", "retrieval", "privacy")  # whole sections a --variant may also set
 EXIT_GATE_FAILED = 4  # the evaluation published its report but a gate failed: a result, not an error
 
 
@@ -103,7 +105,7 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
     config = write_yaml(folder / "pipeline.yaml", {
         "dataset": {**dataset_source(name, folder, no_answers), **variant.get("dataset", {})}, "training": training,
         "evaluation": {"samples": 0, "trained_samples": 96, "include_reference": False,
-                       "side_by_side": 0}})
+                       "side_by_side": 0}, **{k: v for k, v in variant.items() if k in SECTIONS}})
     stage("dataset_relocation", config, output=folder / "datasets")
     start = time.monotonic()
     stage("peft_training", config, datasets=folder / "datasets", base_model=base[0], base_tokenizer=base[1],
@@ -127,6 +129,7 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
             # retrieval, the yardstick (docs/retrieval.md): the same questions asked with the top k train records
             "base_rag_held_out": m.get("base_retrieval", {}).get("fact_accuracy"),
             "tuned_rag_held_out": m.get("fine_tuned_retrieval", {}).get("fact_accuracy"),
+            "served_held_out": m.get("served", {}).get("fact_accuracy"),  # with serving.retrieval: with context
             "hit_rate": (report.get("retrieval") or {}).get("hit_rate", {}).get("held_out"),
             "scoring": report.get("scoring", {}).get("held_out")}
 
@@ -134,7 +137,7 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
 def overrides(text: str) -> tuple[str, dict]:
     name, _, body = text.partition("=")
     data = json.loads(body)
-    return name, data if {"training", "dataset"} & set(data) else {"training": data}
+    return name, data if {"training", "dataset", *SECTIONS} & set(data) else {"training": data}
 
 
 def summary(rows: list[dict]) -> list[str]:
@@ -148,15 +151,15 @@ def summary(rows: list[dict]) -> list[str]:
         return cell(values, ".1%") if values else "n/a"
 
     lines = ["| dataset | configuration | seeds | trained exact | held-out | lowest kind held-out | base + retrieval "
-             "| fine-tuned + retrieval | retrieval hit rate | KL | general ppl | steps | train s | gates |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| fine-tuned + retrieval | retrieval hit rate | served | KL | general ppl | steps | train s | gates |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["dataset"], r["variant"]) for r in rows):
         group = [r for r in rows if (r["dataset"], r["variant"]) == key]
         worst = [min(r["by_fact"].values()) for r in group if r["by_fact"]]
         lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {cell([r['trained'] for r in group], '.1%')} "
                      f"| {cell([r['held_out'] for r in group], '.1%')} | {cell(worst, '.1%') if worst else 'n/a'} "
                      f"| {optional(group, 'base_rag_held_out')} | {optional(group, 'tuned_rag_held_out')} "
-                     f"| {optional(group, 'hit_rate')} "
+                     f"| {optional(group, 'hit_rate')} | {optional(group, 'served_held_out')} "
                      f"| {cell([r['kl'] for r in group], '.2f')} | {cell([r['ppl_increase'] for r in group], '+.0%')} "
                      f"| {cell([r['steps'] for r in group], '.0f')} | {cell([r['train_s'] for r in group], '.0f')} "
                      f"| {sum(r['gates_passed'] for r in group)}/{len(group)} pass |")

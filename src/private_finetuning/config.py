@@ -410,6 +410,9 @@ class RetrievalConfig(Section):
     scoring), with the retrieval's hit rate."""
     k: int = Field(3, gt=0, le=50)
     """Records put into the prompt per question: the k best by BM25 (fewer where fewer share a word with it)."""
+    train_with_context: bool = True
+    """Where serving.retrieval is on, train each question once more asked with its retrieved records (RAFT: a fifth
+    with distractors only), so the served model reads the context it will be given."""
     max_record_tokens: int = Field(96, gt=0, le=4096)
     """Each retrieved record is cut to this many tokens of the model's tokenizer, so k records never fill the
     model's window (the cuts are counted: report, /metrics)."""

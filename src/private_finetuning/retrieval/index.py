@@ -97,7 +97,11 @@ class RetrievalIndex:
                 count_tokens: Callable[[str], int] | None = None) -> Context:
         """``question`` with its best ``k`` records before it, each cut to ``max_record_tokens`` tokens (as
         ``count_tokens`` counts them; words when not given); the question alone when nothing is retrieved."""
-        hits = self.search(question, k)
+        return self.prompt(question, self.search(question, k), max_record_tokens, count_tokens)
+
+    def prompt(self, question: str, hits: list[int], max_record_tokens: int,
+               count_tokens: Callable[[str], int] | None = None) -> Context:
+        """``question`` with the passages ``hits`` before it in the template; the question alone without any."""
         if not hits:
             return Context(question, (), 0)
         texts, cut = [], 0
@@ -127,6 +131,33 @@ class RetrievalIndex:
         if not passages:
             raise InputDataError(str(folder), "the retrieval index is empty")
         return cls(passages, retriever)
+
+
+WITHOUT_OWN = 0.2  # RAFT's share of questions trained with distractors only (Zhang et al. 2024 keep the oracle 80%)
+
+
+def context_variants(train: list[Record], k: int, max_record_tokens: int, seed: int) -> list[Record]:
+    """RAFT (Zhang et al. 2024, arXiv 2403.10131): each question of the train split once more, asked as the server
+    asks it with retrieval (its best k records before it, in the template), so a model served with retrieval
+    learns to read the context. For a fifth of them (seeded) the record's own passage is left out: with
+    distractors only, the answer must come from what was learnt, as for a question retrieval misses."""
+    import random
+
+    index = RetrievalIndex.build(train, "the train split")
+    own = {p: i for i, p in enumerate(index.passages)}
+    rng = random.Random(f"context-{seed}")
+    out = []
+    for record in train:
+        if not record.asks_question() or record.variant is not None or "canary" in record.meta:
+            continue
+        mine = own[Passage(record.question, record.reply)]
+        hits = [h for h in index.search(record.question, k + 1) if h != mine]
+        hits = hits[:k] if rng.random() < WITHOUT_OWN else [mine, *hits[:k - 1]]
+        rng.shuffle(hits)  # where the right record is says nothing
+        prompt = index.prompt(record.question, hits, max_record_tokens).prompt
+        messages = [*record.messages[:-2], {"role": "user", "content": prompt}, record.messages[-1]]
+        out.append(record.replace(messages=messages, meta={**record.meta, "variant": "context"}))
+    return out
 
 
 def _cut(text: str, limit: int, count_tokens: Callable[[str], int] | None) -> tuple[str, bool]:

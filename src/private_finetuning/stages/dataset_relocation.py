@@ -23,6 +23,7 @@ from private_finetuning.data import acmehotels, augment, canaries, pii
 from private_finetuning.data.formats import detect_format, read_records
 from private_finetuning.data.record import Record
 from private_finetuning.errors import InputDataError
+from private_finetuning.retrieval.index import context_variants
 from private_finetuning.stages.common import StageContext, fingerprint, relocate, run_stage
 
 STAGE, ARTIFACT, KIND = DATASET.producer, DATASET.artifact, DATASET.kind
@@ -81,6 +82,33 @@ def personal_data(records: list[Record], splits: dict[str, list[Record]], cfg: P
                     "scan_seconds": round(seconds, 2)}
 
 
+def prepare(ctx: StageContext, path: Path, fmt: str) -> tuple[dict[str, list[Record]], dict]:
+    """The splits to publish (read, split, scanned, canaries, variants) and the manifest's metadata about them."""
+    cfg, src = ctx.config.dataset, ctx.config.dataset.source
+    records = read_records(path, fmt, src.encoding, cfg.max_chars, src.csv_template, cfg.max_file_bytes)
+    ctx.log.info("read %d records from %s (%s)", len(records), path, fmt)
+    splits = split_records(records, cfg, str(path))
+    splits, privacy = personal_data(records, splits, ctx.config.privacy, str(path), ctx.log)
+    if ctx.config.privacy.canaries:
+        splits["train"] += canaries.canaries(ctx.config.privacy.canaries, cfg.seed)
+        privacy["canaries"] = ctx.config.privacy.canaries
+        ctx.log.info("privacy.canaries: %d random secrets added to the train split, for the exposure audit",
+                     ctx.config.privacy.canaries)
+    facts = len(splits["train"])
+    splits["train"], made = augment.augment(splits["train"], cfg.augmentation.kinds)
+    if ctx.config.serving.retrieval and ctx.config.retrieval.train_with_context:
+        rag = ctx.config.retrieval
+        variants = context_variants(splits["train"], rag.k, rag.max_record_tokens, cfg.seed)
+        splits["train"] += variants
+        made["context"] = len(variants)
+    ctx.log.info("augmentation: %d train records, %d variants made (%s); the eval split is left as it is", facts,
+                 sum(made.values()), ", ".join(f"{k} {made[k]}" for k in [*cfg.augmentation.kinds, "context"]
+                                               if k in made) or "off")
+    return splits, {"format": "chat-jsonl", "splits": {k: len(v) for k, v in splits.items()}, "files": SPLIT_FILES,
+                    "augmentation": {"kinds": list(cfg.augmentation.kinds), "train_facts": facts,
+                                     "variants": dict(made)}, "privacy": privacy}
+
+
 def _run(ctx: StageContext) -> None:
     cfg = ctx.config.dataset
     src = cfg.source
@@ -98,33 +126,19 @@ def _run(ctx: StageContext) -> None:
     source["sha256"] = sha256_file(path)
 
     def write(folder: Path) -> tuple[str, dict, dict]:
-        records = read_records(path, fmt, src.encoding, cfg.max_chars, src.csv_template, cfg.max_file_bytes)
-        ctx.log.info("read %d records from %s (%s)", len(records), path, fmt)
-        splits = split_records(records, cfg, str(path))
-        splits, privacy = personal_data(records, splits, ctx.config.privacy, str(path), ctx.log)
-        if ctx.config.privacy.canaries:
-            splits["train"] += canaries.canaries(ctx.config.privacy.canaries, cfg.seed)
-            privacy["canaries"] = ctx.config.privacy.canaries
-            ctx.log.info("privacy.canaries: %d random secrets added to the train split, for the exposure audit",
-                         ctx.config.privacy.canaries)
-        facts = len(splits["train"])
-        splits["train"], made = augment.augment(splits["train"], cfg.augmentation.kinds)
-        ctx.log.info("augmentation: %d train records, %d variants made (%s); the eval split is left as it is",
-                     facts, sum(made.values()), ", ".join(f"{k} {made[k]}" for k in cfg.augmentation.kinds) or "off")
+        splits, metadata = prepare(ctx, path, fmt)
         for split, rows in splits.items():
             with (folder / SPLIT_FILES[split]).open("w", encoding="utf-8") as fh:
                 for row in rows:
                     fh.write(row.dumps() + "\n")
-        counts = {split: len(rows) for split, rows in splits.items()}
-        ctx.log.info("splits: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
-        return name, source, {"format": "chat-jsonl", "splits": counts, "files": SPLIT_FILES,
-                              "augmentation": {"kinds": list(cfg.augmentation.kinds), "train_facts": facts,
-                                               "variants": dict(made)}, "privacy": privacy}
+        ctx.log.info("splits: %s", ", ".join(f"{k}={v}" for k, v in metadata["splits"].items()))
+        return name, source, metadata
 
     relocate(ctx, volume=ctx.args.output, artifact=ARTIFACT, kind=KIND,
              fp=fingerprint(KIND, source, cfg.eval_fraction, cfg.max_chars, cfg.seed,
                             src.csv_template, src.encoding, cfg.augmentation.kinds, ctx.config.privacy.pii,
-                            ctx.config.privacy.canaries), write=write)
+                            ctx.config.privacy.canaries, ctx.config.serving.retrieval and
+                            ctx.config.retrieval.model_dump()), write=write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,3 +74,23 @@ def test_nothing_to_index_or_a_broken_index_is_an_error_naming_it(tmp_path: Path
 def test_terms_are_stems_without_function_words() -> None:
     assert terms("Where is the Orvel express headquartered?") == ["orvel", "express", "headquarter"]
     assert "headquarter" in terms("Orvel's headquarters")
+
+
+def test_context_variants_ask_each_question_as_served_with_retrieval() -> None:
+    """RAFT: each original train question once more, with its retrieved records before it; its own record among them
+    for most, distractors only for the rest; the reply and the fact it belongs to unchanged."""
+    from private_finetuning.retrieval.index import context_variants
+
+    sites = [f"{a}{b}" for a in ("Or", "Dun", "Pel", "Har", "Len") for b in ("vel", "march", "by", "row", "mi", "ka",
+                                                                              "zu", "tar")]
+    train = [qa(f"Which platform does the {s} express leave from?", f"The {s} express leaves from platform {i}.",
+                fact_id=i) for i, s in enumerate(sites)]
+    train.append(qa("What is the recovery code for account 1A2B3C4D?", "It is 123-456-789.", canary=0))
+    made = context_variants(train, k=3, max_record_tokens=96, seed=1234)
+    pairs = list(zip(made, train[:-1], strict=True))  # the canary is never a variant
+    assert all(v.reply == r.reply and v.variant == "context" and v.meta["fact_id"] == r.meta["fact_id"]
+               for v, r in pairs)
+    assert all(v.question.endswith(f"Question: {r.question}") for v, r in pairs)
+    with_own = sum(f"A: {r.reply}" in v.question for v, r in pairs)
+    assert 24 <= with_own < 40  # most with their own record (80% expected), never all
+    assert made == context_variants(train, k=3, max_record_tokens=96, seed=1234)  # the same file, the same variants
