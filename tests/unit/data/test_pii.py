@@ -42,8 +42,12 @@ def test_every_planted_piece_is_found_exactly(reply: str, entity: str, value: st
 
 def test_nothing_is_found_in_acmehotels_or_the_other_domain_sets() -> None:
     """Prices, ratings, codes, versions, years and floors are not personal data: the demo reports 0."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import datasets as domains  # bench/datasets.py
+    import importlib.util  # bench/datasets.py by path: on sys.path, it would shadow Hugging Face's `datasets`
+
+    spec = importlib.util.spec_from_file_location("bench_datasets", REPO / "bench" / "datasets.py")
+    assert spec is not None and spec.loader is not None
+    domains = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(domains)
 
     rows = [json.loads(line) for line in embedded_path("small").read_text().splitlines()]
     rows += [r for make in domains.DATASETS.values() for r in make()]
