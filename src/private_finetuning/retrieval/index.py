@@ -101,11 +101,13 @@ class RetrievalIndex:
 
     def prompt(self, question: str, hits: list[int], max_record_tokens: int,
                count_tokens: Callable[[str], int] | None = None) -> Context:
-        """``question`` with the passages ``hits`` before it in the template; the question alone without any."""
+        """``question`` with the passages ``hits`` (best first) before it in the template, the best one last, next to
+        the question: SmolLM2-135M with the best first answered 6 of 40 helpdesk paraphrases, with it last 19 (15 and
+        24 of 40 products questions; the same run, base model); the question alone without any."""
         if not hits:
             return Context(question, (), 0)
         texts, cut = [], 0
-        for i in hits:
+        for i in reversed(hits):
             text, was_cut = _cut(self.passages[i].text(), max_record_tokens, count_tokens)
             texts.append(text)
             cut += was_cut
@@ -151,9 +153,11 @@ def context_variants(train: list[Record], k: int, max_record_tokens: int, seed: 
         if not record.asks_question() or record.variant is not None or "canary" in record.meta:
             continue
         mine = own[Passage(record.question, record.reply)]
-        hits = [h for h in index.search(record.question, k + 1) if h != mine]
-        hits = hits[:k] if rng.random() < WITHOUT_OWN else [mine, *hits[:k - 1]]
-        rng.shuffle(hits)  # where the right record is says nothing
+        if rng.random() < WITHOUT_OWN:
+            hits = [h for h in index.search(record.question, k + 1) if h != mine][:k]
+        else:  # as retrieved (its own record, its own question, is nearly always the best)
+            hits = index.search(record.question, k)
+            hits = hits if mine in hits else [mine, *hits[:k - 1]]
         prompt = index.prompt(record.question, hits, max_record_tokens).prompt
         messages = [*record.messages[:-2], {"role": "user", "content": prompt}, record.messages[-1]]
         out.append(record.replace(messages=messages, meta={**record.meta, "variant": "context"}))
