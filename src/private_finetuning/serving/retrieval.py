@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -32,6 +33,7 @@ class Retrieval:
     def __init__(self, settings: RetrievalConfig, registry: CollectorRegistry):
         self.k, self.max_record_tokens = settings.k, settings.max_record_tokens
         self._index: tuple[str, RetrievalIndex] | None = None
+        self._counter: tuple[Any, Callable[[str], int]] | None = None
         self._lock = threading.Lock()
         Gauge("pft_retrieval_enabled", "1: questions are answered with retrieved train records as context",
               registry=registry).set(1)
@@ -55,19 +57,23 @@ class Retrieval:
                 self._index = (path, RetrievalIndex.load(Path(path)))
             return self._index[1]
 
+    def counter(self, tokenizer: Any) -> Callable[[str], int]:
+        """One token counter per served tokenizer: the index keeps each record's cut by it, counted once."""
+        with self._lock:
+            if self._counter is None or self._counter[0] is not tokenizer:
+                def count(text: str) -> int:
+                    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                self._counter = (tokenizer, count)
+            return self._counter[1]
+
     def records(self, path: str) -> int:
         return len(self.index(path).passages)
 
     def apply(self, messages: list[dict[str, str]], loaded: LoadedModel) -> list[dict[str, str]]:
         """``messages`` with the last user question asked with its context (the question alone without a hit)."""
         started = time.perf_counter()
-        tokenizer = loaded.tokenizer
-
-        def count(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
         context = self.index(loaded.retrieval_path).context(messages[-1]["content"], self.k, self.max_record_tokens,
-                                                            count)
+                                                            self.counter(loaded.tokenizer))
         self.requests.inc()
         if not context.passages:
             self.no_hits.inc()
