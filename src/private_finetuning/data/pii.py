@@ -48,6 +48,9 @@ ENTITIES: tuple[Entity, ...] = (
 )
 BY_PRESIDIO = {e.presidio: e for e in ENTITIES}
 MIN_SCORE = 0.4  # Presidio's phone recogniser scores a valid number 0.4; weaker matches are not findings
+# phonenumbers takes some 4-digit numbers for short codes of some region ("site 1640" was a phone): a number of
+# fewer digits than a subscriber's is an extension or a count, not a way to reach a person.
+MIN_PHONE_DIGITS = 7
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ def scan_text(text: str) -> list[tuple[str, int, int]]:
     found = _analyzer().analyze(text=text, language="en", entities=list(BY_PRESIDIO), score_threshold=MIN_SCORE)
     spans: list[tuple[str, int, int]] = []
     for r in sorted(found, key=lambda r: (-r.score, r.start)):
+        if r.entity_type == "PHONE_NUMBER" and sum(c.isdigit() for c in text[r.start:r.end]) < MIN_PHONE_DIGITS:
+            continue
         if not any(s < r.end and r.start < e for _, s, e in spans):
             spans.append((BY_PRESIDIO[r.entity_type].name, r.start, r.end))
     return sorted(spans, key=lambda s: s[1])
