@@ -365,14 +365,14 @@ MAX_SPANS = 32
 def derive(question: str, reply: str, topic: frozenset[str] = frozenset()) -> tuple[Span, ...]:
     """The spans of ``reply`` that decide whether an answer to ``question`` is right: its specific spans if
     it has any, else its yes/no, else its new content words. Names in ``topic`` (lower case) are not facts."""
-    claimed: list[tuple[int, int]] = []
+    claimed = bytearray(len(reply))  # per character: taken by an earlier span (linear, however many spans)
     tiers: dict[int, list[Span]] = {}
     for kind in SPAN_KINDS:
         for start, end in kind.find(reply, question):
-            if end <= start or any(s < end and start < e for s, e in claimed):
+            if end <= start or any(claimed[start:end]):
                 continue
             text = reply[start:end]
-            claimed.append((start, end))
+            claimed[start:end] = b"\x01" * (end - start)
             if kind.tier == 0 and (kind.stated(text, question) or (kind.name == "name" and text.lower() in topic)):
                 continue  # the question says it already, or the data's every other reply: not what this one tells
             tiers.setdefault(kind.tier, []).append(Span(kind.name, text, start, end))

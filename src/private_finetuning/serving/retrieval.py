@@ -21,6 +21,7 @@ from private_finetuning.retrieval.index import RetrievalIndex
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from transformers import PreTrainedTokenizerBase
 
     from private_finetuning.config import RetrievalConfig
     from private_finetuning.serving.engines.base import LoadedModel
@@ -57,7 +58,7 @@ class Retrieval:
                 self._index = (path, RetrievalIndex.load(Path(path)))
             return self._index[1]
 
-    def counter(self, tokenizer: Any) -> Callable[[str], int]:
+    def counter(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[str], int]:
         """One token counter per served tokenizer: the index keeps each record's cut by it, counted once."""
         with self._lock:
             if self._counter is None or self._counter[0] is not tokenizer:
