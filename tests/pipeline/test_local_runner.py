@@ -199,7 +199,8 @@ def test_pipeline_publishes_every_artifact_from_the_manifests(default_pipeline: 
     assert (volumes / "fine-tuned-model" / adapter.manifest.metadata["tensorboard_run"]).is_dir()
     report = open_artifact(volumes / "fine-tuned-model", "evaluation", "evaluation-report")
     assert report.manifest.source["adapter"]["digest"] == adapter.manifest.digest
-    assert set(report.manifest.metadata["fact_accuracy"]) == {"base", "fine_tuned", "served"}
+    assert set(report.manifest.metadata["fact_accuracy"]) == {"base", "base_retrieval", "fine_tuned",
+                                                              "fine_tuned_retrieval", "served"}
     # The CPU server's model: the adapter merged, int8 weights, judged by the evaluation and promoted with it.
     served = open_artifact(volumes / "fine-tuned-model", "served-model", "served-model-openvino")
     assert served.manifest.metadata["adapter_digest"] == adapter.manifest.digest
