@@ -140,7 +140,7 @@ class Judge:
         question's fact) and the records cut."""
         if self.index is None or not self.contexts:
             return None
-        cfg, summary = self.config.retrieval, None
+        cfg = self.config.retrieval
         summary = RetrievalSummary(len(self.index.passages), cfg.k, cfg.max_record_tokens,
                                    served=self.config.serving.retrieval)
         for name, questions in self.sets.items():

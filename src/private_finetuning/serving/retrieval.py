@@ -67,9 +67,6 @@ class Retrieval:
                 self._counter = (tokenizer, count)
             return self._counter[1]
 
-    def records(self, path: str) -> int:
-        return len(self.index(path).passages)
-
     def apply(self, messages: list[dict[str, str]], loaded: LoadedModel) -> list[dict[str, str]]:
         """``messages`` with the last user question asked with its context (the question alone without a hit)."""
         started = time.perf_counter()
