@@ -3,6 +3,7 @@
     .venv/bin/python bench/quality.py                        # after `make pipeline` (reuses its base model)
     .venv/bin/python bench/quality.py --datasets helpdesk --seeds 1 --variant 'lp16={"loraplus_lr_ratio": 16}'
     .venv/bin/python bench/quality.py --datasets clinic --variant 'given={"dataset": {"augmentation": {"kinds": []}}}'
+    .venv/bin/python bench/quality.py --converge 900 --no-before --variant 'gen={"generation": {"generator": "base"}}'
 
 For each dataset (AcmeHotels `small`, and the other-domain sets of bench/datasets.py: one phrasing
 per fact in training, a paraphrase held out), each training seed (``--seeds``, 3 by default) and
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +53,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-answers", action="store_true",
                    help="strip `answer` and `fact` from the other-domain sets: scored by the facts of their replies, "
                         "as users' data usually is (docs/data.md)")
+    p.add_argument("--converge", type=int, metavar="CAP", default=None,
+                   help="quality at convergence: no time budget, training stops by the held-back rule "
+                        "(training.stopping: held_back) or at CAP steps, which the table reports")
     p.add_argument("--out", type=Path, default=Path("quality.json"))
     return p.parse_args()
+
+
+def converged(variant: dict, cap: int) -> dict:
+    """``variant`` trained to convergence: no time budget, the held-back stopping rule, ``cap`` steps at most."""
+    training = {"time_budget_s": None, "max_steps": cap, "stopping": "held_back", **variant.get("training", {})}
+    return {**variant, "training": training}
 
 
 SECTIONS = ("serving", "retrieval", "privacy")  # whole sections a --variant may also set
@@ -125,6 +136,9 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
             "steps": adapter["metadata"]["steps"], "train_s": adapter["metadata"]["train_seconds"],
             "stage_s": round(wall, 1), "by_fact": m["fine_tuned"]["fact_accuracy_by_fact"], "seed": seed,
             "eval_s": round(eval_wall, 1), "planned_steps": adapter["metadata"].get("planned_steps"),
+            "stopped_by": (adapter["metadata"].get("stopping") or {}).get("stopped_by"),
+            "best_step": (adapter["metadata"].get("stopping") or {}).get("best_step"),
+            "generation": adapter["metadata"].get("generation"),
             "gates_passed": all(g["passed"] for g in report["gates"]),
             # retrieval, the yardstick (docs/retrieval.md): the same questions asked with the top k train records
             "base_rag_held_out": m.get("base_retrieval", {}).get("fact_accuracy"),
@@ -151,17 +165,21 @@ def summary(rows: list[dict]) -> list[str]:
         return cell(values, ".1%") if values else "n/a"
 
     lines = ["| dataset | configuration | seeds | trained exact | held-out | lowest kind held-out | base + retrieval "
-             "| fine-tuned + retrieval | retrieval hit rate | served | KL | general ppl | steps | train s | gates |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| fine-tuned + retrieval | retrieval hit rate | served | KL | general ppl | steps | stopped by | train s "
+             "| gates |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in dict.fromkeys((r["dataset"], r["variant"]) for r in rows):
         group = [r for r in rows if (r["dataset"], r["variant"]) == key]
         worst = [min(r["by_fact"].values()) for r in group if r["by_fact"]]
+        stops = ", ".join(f"{k} {n}" for k, n in Counter(r.get("stopped_by") or "plan" for r in group).items())
         lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {cell([r['trained'] for r in group], '.1%')} "
                      f"| {cell([r['held_out'] for r in group], '.1%')} | {cell(worst, '.1%') if worst else 'n/a'} "
                      f"| {optional(group, 'base_rag_held_out')} | {optional(group, 'tuned_rag_held_out')} "
                      f"| {optional(group, 'hit_rate')} | {optional(group, 'served_held_out')} "
                      f"| {cell([r['kl'] for r in group], '.2f')} | {cell([r['ppl_increase'] for r in group], '+.0%')} "
-                     f"| {cell([r['steps'] for r in group], '.0f')} | {cell([r['train_s'] for r in group], '.0f')} "
+                     f"| {cell([r['steps'] for r in group], '.0f')} "
+                     f"| {stops} "
+                     f"| {cell([r['train_s'] for r in group], '.0f')} "
                      f"| {sum(r['gates_passed'] for r in group)}/{len(group)} pass |")
     return lines
 
@@ -170,6 +188,8 @@ def main() -> None:
     args = parse_args()
     variants = ([] if args.no_before else [("previous", BEFORE)]) + ([] if args.no_defaults else [("defaults", {})])
     variants += [overrides(v) for v in args.variant]
+    if args.converge:
+        variants = [(label, converged(v, args.converge)) for label, v in variants]
     rows = []
     with tempfile.TemporaryDirectory(prefix="pft-quality-") as tmp:
         scratch = Path(tmp)

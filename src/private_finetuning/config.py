@@ -272,6 +272,30 @@ class DistributedConfig(Section):
     """
 
 
+class GenerationSettings(Section):
+    """Self-augmentation (docs/training.md): the base model writes more questions and statements of each train fact
+    before training (training/augmentation.py), each checked (data/generated.py); what passes is trained beside the
+    rule variants, what fails is counted and dropped. Cached on the fine-tuned-model volume: a re-run with the same
+    inputs generates nothing."""
+
+    generator: Literal["none", "base"] = "none"
+    """The model that writes them: `none` (the rule variants of dataset.augmentation only) or `base` (the base model
+    itself, in fp32, before its adapters are added).
+    """
+    questions: int = Field(4, ge=0, le=32)
+    """Generated questions kept per fact, at most."""
+    statements: int = Field(2, ge=0, le=32)
+    """Generated statements of the fact kept per fact, at most (trained as more replies to its question)."""
+    samples: int = Field(2, ge=0, le=64)
+    """Sampled completions per fact and kind, besides the greedy one (seeded by training.seed)."""
+    temperature: Real = Field(0.8, gt=0, le=2)
+    """Sampling temperature of those completions."""
+    max_new_tokens: int = Field(48, gt=0, le=1024)
+    """Longest completion, in tokens (a completion holds a numbered list of three)."""
+    batch_size: int = Field(32, gt=0, le=4096)
+    """Prompts completed together."""
+
+
 class TrainingConfig(Section):
     """model-peft-server: LoRA training (docs/training.md)."""
 
@@ -295,6 +319,18 @@ class TrainingConfig(Section):
     """Stop before the planned steps once the data is learnt: after a full epoch (at least 2), when nine facts in ten
     have a (fact-weighted) loss under this many nats per token. null: run the plan.
     """
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    """More questions and statements of each fact, written by the base model (off by default)."""
+    stopping: Literal["plan", "held_back"] = "plan"
+    """When training ends: `plan` (the planned steps, the time budget, early_stop_loss) or also `held_back`: one
+    question per fact is held back from training (a generated one, else a rule variant) and its answer's fact tokens
+    scored every stop_check_every steps; training stops when that has not improved for stop_patience checks, and
+    the best checkpoint is what is published. With time_budget_s null this is "trained enough" on any host.
+    """
+    stop_check_every: int = Field(25, gt=0)
+    """Steps between two scorings of the held-back questions (stopping: held_back)."""
+    stop_patience: int = Field(3, ge=1, le=1000)
+    """Scorings without improvement after which training stops (stopping: held_back)."""
     kl_weight: Real = Field(0.0, ge=0, le=100)
     """Forgetting control: each step adds kl_weight x KL(base || fine-tuned) on the replies of a few general
     conversations (data/anchor.py, not the evaluation's), computed with the adapters off and on (0: none).

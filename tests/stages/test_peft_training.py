@@ -441,3 +441,29 @@ def test_the_run_says_its_schedule_and_a_time_budget_cuts_it(volumes: dict[str, 
     adapter = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter")
     assert adapter.manifest.metadata["steps"] == 6
 
+
+
+def test_held_back_questions_stop_training_when_they_stop_improving(tmp_path: Path, volumes: dict[str, Path],
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """A user who sets time_budget_s null gets "trained enough": here a learning rate too small to move the held-back
+    loss, so the second scoring shows no gain and training stops there, publishing the first scoring's weights.
+    The base model's generated texts are checked (a random tiny model writes nothing usable: the rule variants stay)
+    and none of them reaches the log."""
+    training = {**FAST, "max_steps": 40, "learning_rate": 1e-7, "stopping": "held_back", "stop_check_every": 2,
+                "stop_patience": 1, "generation": {"generator": "base", "samples": 1, "max_new_tokens": 8}}
+    assert train(tmp_path, volumes, training) == 0
+    meta = open_artifact(volumes["fine-tuned-model"], "adapter", "lora-adapter").manifest.metadata
+    assert meta["steps"] == 4
+    assert meta["stopping"]["stopped_by"] == "held_back" and meta["stopping"]["best_step"] == 2
+    assert meta["stopping"]["held_back"] > 0 and meta["stopping"]["scorings"] == 2
+    generation = meta["generation"]
+    assert generation["generated_now"] > 0 and generation["precision"] == "fp32"
+    assert generation["counts"]["question"]["kept"] == 0 and generation["facts_without"] > 0
+    assert (volumes["fine-tuned-model"] / "generation-cache" / "generated.jsonl").is_file()
+    logged = capsys.readouterr()
+    assert "stopping at step 4" in logged.err and "publishing the weights of step 2" in logged.err
+    train_rows = (next(volumes["datasets"].glob("dataset/current")) / "train.jsonl").read_text().splitlines()
+    for row in train_rows:
+        for message in json.loads(row)["messages"]:
+            if message["role"] != "system":
+                assert message["content"] not in logged.out + logged.err

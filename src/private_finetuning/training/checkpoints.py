@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 KIND = "training-checkpoint"
 ARTIFACT = "latest"
+BEST_FILE = "best.safetensors"  # the best held-back scoring's weights (training/stopping.py)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TrainingState:
     # loss-prioritised sampling drew the epoch from that copy, so a resumed pod draws the same epoch.
     fact_losses: list[float | None] = field(default_factory=list)
     epoch_priorities: list[float] | None = None
+    stop_rule: dict[str, Any] | None = None  # training/stopping.py's StopRule, under stopping: held_back
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -70,15 +72,18 @@ def _unflatten_optimizer(tensors: dict[str, Any], meta: dict[str, Any]) -> dict[
 
 
 def save(folder: Path, *, stage: str, run_id: str, weights: dict[str, Any], optimizer: dict[str, Any],
-         scheduler: Any, state: TrainingState, world_size: int = 1) -> None:
+         scheduler: Any, state: TrainingState, world_size: int = 1, best: dict[str, Any] | None = None) -> None:
     """Write a checkpoint from whole trainable weights and optimizer state keyed by parameter name
-    (``distributed.trainable_state``/``optimizer_state``, gathered from every rank under FSDP)."""
+    (``distributed.trainable_state``/``optimizer_state``, gathered from every rank under FSDP); ``best``: the
+    weights of the best held-back scoring (stopping: held_back), kept for the pod that resumes."""
     import torch
     from safetensors.torch import save_file
 
     with ArtifactWriter(folder, ARTIFACT, kind=KIND, stage=stage, keep_versions=0) as writer:
         assert writer.path is not None
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, writer.path / "adapter.safetensors")
+        if best is not None:
+            save_file(best, writer.path / BEST_FILE)
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
         opt_tensors["rng.torch"] = torch.get_rng_state()
         save_file(opt_tensors, writer.path / "optimizer.safetensors")
@@ -88,6 +93,19 @@ def save(folder: Path, *, stage: str, run_id: str, weights: dict[str, Any], opti
         writer.commit(name=f"step-{state.step}", source={"run_id": run_id, "world_size": world_size},
                       metadata=asdict(state))
     log.info("checkpoint at step %d saved to %s", state.step, folder / ARTIFACT)
+
+
+def best_weights(folder: Path, run_id: str) -> dict[str, Any] | None:
+    """The best held-back scoring's weights the latest checkpoint of ``run_id`` kept, if any."""
+    from safetensors.torch import load_file
+
+    try:
+        artifact = open_artifact(folder, ARTIFACT, KIND)
+    except ArtifactError:
+        return None
+    if artifact.manifest.source.get("run_id") != run_id or not (artifact.path / BEST_FILE).is_file():
+        return None
+    return load_file(artifact.file(BEST_FILE))
 
 
 def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any,

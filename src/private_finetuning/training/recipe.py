@@ -14,6 +14,7 @@ decides whether to train at all, and publishes what :meth:`TrainingRun.finish` r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from private_finetuning.data.chat import Encoded, encode_for_training, encode_prompt, with_system
 from private_finetuning.data.expected import expectations
-from private_finetuning.data.record import read_split
+from private_finetuning.data.record import Record, read_split
 from private_finetuning.errors import ConfigError, InputDataError, Interrupted, PipelineError, SourceError, Termination
 from private_finetuning.models import host
 from private_finetuning.models.device import select_device
@@ -33,7 +34,8 @@ from private_finetuning.models.loading import load_published_model
 from private_finetuning.models.scoring import answer_nll, collate
 from private_finetuning.telemetry.progress import Progress
 from private_finetuning.telemetry.tensorboard import add_token_projector, open_writer, run_dir
-from private_finetuning.training import checkpoints, forgetting, shared_prefix
+from private_finetuning.training import checkpoints, forgetting, shared_prefix, stopping
+from private_finetuning.training.augmentation import Generated, augment_with_model
 from private_finetuning.training.batching import (
     collate_weights,
     epoch_batches,
@@ -230,25 +232,62 @@ class TrainingRun:
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
     def _encode_data(self) -> None:
-        self.train_set, fact_ids = self.encode_split("train")
+        path = self.inputs.dataset.file("train.jsonl")
+        records = read_split(path)
+        self.generation = self._generate(records) if self.cfg.generation.generator != "none" else None
+        if self.generation is not None:
+            records = records + self.generation.records
+        held: list[Record] = []
+        if self.cfg.stopping == "held_back" and self.dist.world_size == 1:
+            records, held = stopping.hold_back(records)
+        elif self.cfg.stopping == "held_back":
+            self.log.warning("training.stopping: held_back is not applied with %d processes (the ranks would have to "
+                             "agree on every scoring); it applies on one process", self.dist.world_size)
+        self.train_set, fact_ids = self.encode_records(records, path, "train")
         self.eval_set, _ = self.encode_split("eval")
+        self.probe_set = ([stopping.fact_tokens_only(e) for e in self.encode_records(held, path, "held-back")[0]]
+                          if held else [])
         self.lengths = [len(e.input_ids) for e in self.train_set]
         self.groups = fact_groups(fact_ids)
         self.fact_of = {i: f for f, group in enumerate(self.groups) for i in group}
         train, lengths = self.train_set, self.lengths
         self.log.info("%d facts in the train split, %d with variants (%d examples in all): an epoch shows each "
                       "fact once", len(self.groups), sum(len(g) > 1 for g in self.groups), len(train))
+        if held:
+            self.log.info("stopping: held_back: %d questions held back from training (one per fact), scored every %d "
+                          "steps; training stops after %d scorings without improvement", len(held),
+                          self.cfg.stop_check_every, self.cfg.stop_patience)
         self.log.info("encoded %d train / %d eval examples; %d train tokens per epoch (mean %.0f, max %d), %.0f%% of "
                       "them trained on (the assistant's)", len(train), len(self.eval_set), sum(lengths),
                       sum(lengths) / len(lengths), max(lengths),
                       100 * sum(e.target_tokens for e in train) / sum(lengths))
 
+    def _generate(self, records: list[Record]) -> Generated:
+        """Self-augmentation with the base model, before its adapters are added (training/augmentation.py)."""
+        self.status.update(phase="generating", detail="questions and statements of each fact")
+        eos = self.inputs.tokenizer.manifest.metadata.get("end_of_turn_ids") or [self.tokenizer.eos_token_id]
+        result = augment_with_model(self.model, self.tokenizer, records, self.cfg.generation, seed=self.cfg.seed,
+                                    generator_digest=self.inputs.base.manifest.digest,
+                                    cache_dir=self.out / "generation-cache", eos=eos, log=self.log)
+        for kind, counts in result.counts.items():
+            dropped = {k.removeprefix("dropped: "): n for k, n in counts.items() if k.startswith("dropped")}
+            self.log.info("generation: %s: %d generated, %d kept, dropped: %s", kind, counts["generated"],
+                          counts["kept"], ", ".join(f"{k} {n}" for k, n in sorted(dropped.items())) or "none")
+        self.log.info("generation: %d facts with nothing usable keep their rule variants only; %d completions "
+                      "generated now (the rest cached), %.0fs", result.facts_without, result.generated_now,
+                      result.seconds)
+        return result
+
     def encode_split(self, split: str) -> tuple[list[Encoded], list[int]]:
         """The split's examples, and for each the fact it states (a record and its variants share one)."""
-        cfg, path = self.cfg, self.inputs.dataset.file(f"{split}.jsonl")
+        path = self.inputs.dataset.file(f"{split}.jsonl")
+        return self.encode_records(read_split(path), path, split)
+
+    def encode_records(self, records: list[Record], path: Path, split: str) -> tuple[list[Encoded], list[int]]:
+        """``records`` encoded for training (read from ``path``), and for each the fact it states."""
+        cfg = self.cfg
         system = self.config.prompting.system_prompt
         examples, facts, dropped = [], [], 0
-        records = read_split(path)
         # The tokens of each record's fact weigh more: its `answer`, else the facts its reply states (numbers,
         # codes, names... data/expected.py), so data without an `answer` field gets the same emphasis.
         stated = [[s.text for s in e.spans] for e in expectations(records)]
@@ -265,7 +304,7 @@ class TrainingRun:
             facts.append(record.meta.get("fact_id", -line_no))
         if dropped:
             self.log.warning("%s: left out %d examples longer than %d tokens", split, dropped, cfg.max_seq_len)
-        if not examples:
+        if not examples and records:
             raise InputDataError(str(path), f"no usable {split} examples")
         return examples, facts
 
@@ -326,6 +365,13 @@ class TrainingRun:
             self.log.warning("training.kl_weight is not applied with %d processes: the base-model pass would "
                              "desynchronise the ranks' gradients; it applies on one process", self.dist.world_size)
             self.anchors = []
+        if self.anchors:
+            self.anchor_base = forgetting.base_log_probs(self.model, self.anchors, self.pad_id, self.device)
+        self.stop_rule = stopping.StopRule(**(self.state.stop_rule or {"patience": self.cfg.stop_patience}))
+        self.stop_rule.patience = self.cfg.stop_patience
+        self.best = (checkpoints.best_weights(self.checkpoint_dir, self.run_id)
+                     if self.probe_set and self.stop_rule.best_step else None)
+        self.stopped_by = "plan"
         self.log.info("schedule: %s", self.schedule.explanation)
         self.total_steps = self.schedule.total_steps
 
@@ -378,7 +424,7 @@ class TrainingRun:
         for micro_batches in optimizer_steps(this_epoch, cfg.gradient_accumulation_steps, dist)[state.step_in_epoch:]:
             step_start = time.monotonic()
             self._after_step(step_start, *self._step(micro_batches))
-            if state.step >= self.total_steps:
+            if state.step >= self.total_steps or self.stopped_by == "held_back":
                 return True
         state.epoch += 1
         state.step_in_epoch = 0
@@ -386,6 +432,7 @@ class TrainingRun:
             self.log.info("schedule: every fact learnt after %d epochs (nine in ten under training.early_stop_loss "
                           "= %g nats): stopping at step %d of %d", state.epoch, cfg.early_stop_loss, state.step,
                           self.total_steps)
+            self.stopped_by = "early_stop_loss"
             return True
         return False
 
@@ -427,8 +474,9 @@ class TrainingRun:
     def _anchor_step(self) -> None:
         """The KL(base || fine-tuned) term on general conversations (``training.kl_weight``), backpropagated."""
         with self.device.autocast():
-            anchor_kl = forgetting.kl_to_base(self.model, forgetting.anchor_batch(self.anchors, self.state.step),
-                                              self.pad_id, self.device.name)
+            rows = forgetting.anchor_rows(len(self.anchors), self.state.step)
+            anchor_kl = forgetting.kl_to_base(self.model, [self.anchors[i] for i in rows], self.pad_id,
+                                              self.device.name, [self.anchor_base[i] for i in rows])
         (self.cfg.kl_weight * anchor_kl).backward()
         self.writer.add_scalar("train/anchor_kl", anchor_kl.item(), self.state.step + 1)
 
@@ -457,7 +505,25 @@ class TrainingRun:
             eval_loss = evaluate_loss(self.model, self.device, self.eval_set, self.pad_id, self.cfg.batch_size)
             self.writer.add_scalar("eval/loss", eval_loss, state.step)
             self.log.info("step %d: eval loss %.4f", state.step, eval_loss)
+        if self.probe_set and state.step % self.cfg.stop_check_every == 0:
+            self._score_held_back()
         self._checkpoint_or_stop()
+
+    def _score_held_back(self) -> None:
+        """Score the held-back questions' fact tokens; keep the weights when best; stop when past patience."""
+        rule, step = self.stop_rule, self.state.step
+        loss = evaluate_loss(self.model, self.device, self.probe_set, self.pad_id, self.cfg.batch_size)
+        self.writer.add_scalar("stopping/held_back_loss", loss, step)
+        if rule.observe(step, loss):
+            self.best = {k: v.detach().clone().cpu() for k, v in trainable_state(self.model).items()}
+        self.state.stop_rule = dataclasses.asdict(rule)
+        self.log.info("step %d: held-back fact loss %.4f (best %.4f at step %d, %d of %d scorings since)", step, loss,
+                      rule.best, rule.best_step, rule.since_best, rule.patience)
+        if rule.done:
+            self.log.info("schedule: the held-back questions have not improved for %d scorings: stopping at step %d "
+                          "of %d, publishing the weights of step %d", rule.patience, step, self.total_steps,
+                          rule.best_step)
+            self.stopped_by = "held_back"
 
     def _fit_budget(self, now: float) -> None:
         """Every few steps, re-plan the total from the time budget and the recent speed."""
@@ -486,7 +552,7 @@ class TrainingRun:
         if self.dist.is_main:
             checkpoints.save(self.checkpoint_dir, stage=self.stage, run_id=self.run_id, weights=weights,
                              optimizer=optim, scheduler=self.scheduler, state=self.state,
-                             world_size=self.dist.world_size)
+                             world_size=self.dist.world_size, best=self.best)
 
     # --- finish ---------------------------------------------------------------------------------------
 
@@ -497,6 +563,7 @@ class TrainingRun:
         if not self.dist.is_main:  # rank 0 evaluates and publishes; the others are done (the stage's last barrier)
             return None
         state, cfg = self.state, self.cfg
+        stop = self._restore_best(weights)
         self.status.update(phase="evaluating", detail="eval loss and sample answers")
         eval_loss = evaluate_loss(self.model, self.device, self.eval_set, self.pad_id, cfg.batch_size)
         self.writer.add_scalar("eval/loss", eval_loss, state.step)
@@ -514,8 +581,22 @@ class TrainingRun:
                     "tokens_per_s": round(speed, 1), "tokens_seen": state.tokens_seen,
                     "trainable_parameters": self.trainable, "device": self.device.description,
                     "precision": self.device.precision, "host_kind": host.kind(),
-                    "projector_tokens": projected, "world_size": self.dist.world_size}
+                    "projector_tokens": projected, "world_size": self.dist.world_size, "stopping": stop,
+                    "generation": self.generation.summary() if self.generation is not None else None}
         return TrainingResult(self.model, metadata, self.tensorboard_dir, weights)
+
+    def _restore_best(self, weights: dict[str, Any]) -> dict[str, Any]:
+        """Under stopping: held_back, put back the best scoring's weights (into ``weights`` too); what the rule did."""
+        rule = self.stop_rule
+        stop = {"rule": self.cfg.stopping, "stopped_by": self.stopped_by, "held_back": len(self.probe_set)}
+        if not self.probe_set:
+            return stop
+        if self.best is not None and rule.best_step != self.state.step:
+            self.model.load_state_dict(self.best, strict=False)
+            weights.update(self.best)
+            self.log.info("publishing the weights of step %d (best held-back fact loss %.4f), not those of the last "
+                          "step %d", rule.best_step, rule.best, self.state.step)
+        return {**stop, "best_step": rule.best_step, "best_held_back_loss": rule.best, "scorings": rule.checks}
 
     def write_samples(self) -> None:
         """A few eval questions answered by the adapter, as a TensorBoard text table (never the pod log)."""

@@ -18,9 +18,9 @@ def test_the_anchor_text_is_not_the_text_forgetting_is_measured_on() -> None:
 
 
 def test_anchor_batches_take_every_conversation_in_turn() -> None:
-    examples = list(range(len(ANCHOR_CONVERSATIONS)))
-    used = [x for step in range(len(examples)) for x in forgetting.anchor_batch(examples, step)]
-    assert {used.count(x) for x in examples} == {forgetting.BATCH}
+    count = len(ANCHOR_CONVERSATIONS)
+    used = [x for step in range(count) for x in forgetting.anchor_rows(count, step)]
+    assert {used.count(x) for x in range(count)} == {forgetting.BATCH}
 
 
 def test_kl_to_base_equals_the_reference_computation_and_trains_the_adapter(tiny_model_dir: Path) -> None:
@@ -29,6 +29,7 @@ def test_kl_to_base_equals_the_reference_computation_and_trains_the_adapter(tiny
 
     from private_finetuning.config import LoraSettings
     from private_finetuning.data.chat import IGNORE_INDEX
+    from private_finetuning.models.device import select_device
     from private_finetuning.models.scoring import collate
     from private_finetuning.training.lora import apply_lora
 
@@ -37,12 +38,18 @@ def test_kl_to_base_equals_the_reference_computation_and_trains_the_adapter(tiny
     torch.manual_seed(0)
     tuned = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
                        LoraSettings(r=4, alpha=8))
-    assert float(forgetting.kl_to_base(tuned, forgetting.anchor_examples(tokenizer, "sys")[:2], 0, "cpu")) == 0.0
+    device = select_device("fp32")
+    first = forgetting.anchor_examples(tokenizer, "sys")[:2]
+    cached = forgetting.base_log_probs(tuned, first, 0, device)
+    # Zero before any step (up to float noise: the cache's rows were computed one by one, the step's as a batch).
+    assert float(forgetting.kl_to_base(tuned, first, 0, "cpu", cached)) == pytest.approx(0.0, abs=1e-6)
     for name, param in tuned.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
     examples = forgetting.anchor_examples(tokenizer, "sys")[:3]
-    kl = forgetting.kl_to_base(tuned, examples, tokenizer.pad_token_id or 0, "cpu")
+    # The base's side is computed once, before training, and reused at every step: the same KL as a fresh one.
+    cached = forgetting.base_log_probs(tuned, examples, tokenizer.pad_token_id or 0, device)
+    kl = forgetting.kl_to_base(tuned, examples, tokenizer.pad_token_id or 0, "cpu", cached)
 
     batch = collate(examples, tokenizer.pad_token_id or 0)
     with torch.no_grad():
