@@ -139,6 +139,7 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
             "stopped_by": (adapter["metadata"].get("stopping") or {}).get("stopped_by"),
             "best_step": (adapter["metadata"].get("stopping") or {}).get("best_step"),
             "generation": adapter["metadata"].get("generation"),
+            "curves": curves(folder / "fine-tuned" / adapter["metadata"]["tensorboard_run"]),
             "gates_passed": all(g["passed"] for g in report["gates"]),
             # retrieval, the yardstick (docs/retrieval.md): the same questions asked with the top k train records
             "base_rag_held_out": m.get("base_retrieval", {}).get("fact_accuracy"),
@@ -146,6 +147,17 @@ def run_one(name: str, variant: dict, seed: int, base: tuple[Path, Path], folder
             "served_held_out": m.get("served", {}).get("fact_accuracy"),  # with serving.retrieval: with context
             "hit_rate": (report.get("retrieval") or {}).get("hit_rate", {}).get("held_out"),
             "scoring": report.get("scoring", {}).get("held_out")}
+
+
+def curves(run: Path) -> dict[str, list[list[float]]]:
+    """The run's training loss and held-back fact loss against steps, from its TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    return {tag: [[e.step, round(e.value, 5)] for e in events.Scalars(tag)]
+            for tag in ("train/loss", "stopping/held_back_loss", "train/anchor_kl") if tag in tags}
 
 
 def overrides(text: str) -> tuple[str, dict]:

@@ -178,7 +178,14 @@ GEN_KINDS: dict[str, GenKind] = {
 
 
 def prompt(kind: str, question: str, reply: str) -> str:
-    return GEN_KINDS[kind].prompt.format(question=" ".join(question.split()), reply=" ".join(reply.split()))
+    return "".join(prompt_parts(kind, question, reply))
+
+
+def prompt_parts(kind: str, question: str, reply: str) -> tuple[str, str]:
+    """The prompt as (the part every record shares, the record's own part), split before the space that opens the
+    record's question, so the two tokenize as the whole does (the generator computes the first once)."""
+    shared, _, own = GEN_KINDS[kind].prompt.partition(" {question}")
+    return shared, (" {question}" + own).format(question=" ".join(question.split()), reply=" ".join(reply.split()))
 
 
 def _near(words: set[str], others: list[set[str]]) -> bool:

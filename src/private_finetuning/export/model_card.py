@@ -93,6 +93,20 @@ def _provenance(name: str, base: dict[str, Any], dataset: dict[str, Any], adapte
     ]
 
 
+def _how_it_stopped_and_grew(adapter: dict[str, Any]) -> list[str]:
+    """The stopping rule's and self-augmentation's counts (adapter metadata), when they ran."""
+    lines = []
+    stop = adapter.get("stopping") or {}
+    if stop.get("rule") == "held_back" and stop.get("held_back"):
+        lines.append(f"Stopped by {stop.get('stopped_by')}; the weights are those of step {stop.get('best_step')}, "
+                     f"where {stop.get('held_back')} held-back questions (one per fact, never trained) scored best.")
+    generation = adapter.get("generation") or {}
+    for kind, counts in (generation.get("counts") or {}).items():
+        lines.append(f"The base model wrote {counts.get('generated', 0)} {kind}s of the facts; "
+                     f"{counts.get('kept', 0)} passed the checks and were trained on.")
+    return ["", *lines] if lines else []
+
+
 def _training(run: dict[str, Any], adapter: dict[str, Any], system_prompt: str) -> list[str]:
     lora = run.get("lora", {})
     return [
@@ -102,6 +116,7 @@ def _training(run: dict[str, Any], adapter: dict[str, Any], system_prompt: str) 
         f"{', '.join(lora.get('target_modules', []))}; learning rate {run.get('learning_rate')} "
         f"({run.get('lr_scheduler')}), {adapter.get('steps')} steps, batch {run.get('batch_size')}, max sequence "
         f"{run.get('max_seq_len')} tokens, on {adapter.get('device')}.",
+        *_how_it_stopped_and_grew(adapter),
         "",
         "The system prompt it was trained with (use it, the answers depend on it):",
         "",

@@ -3,8 +3,9 @@
 Runs in the training pod, where the base model is already loaded (before the adapters are added) and the
 data never leaves the cluster: for each record as written (not its rule variants, canaries or retrieval
 variants), one few-shot prompt per kind (data/generated.py), one greedy completion and
-``training.generation.samples`` sampled ones, seeded by the run's seed, in fp32 whatever the host (so the
-same inputs give the same texts on every host kind), batched. Each text is checked (data/generated.py);
+``training.generation.samples`` sampled ones, seeded by the run's seed, in fp32 whatever the host (no autocast:
+bf16 on one host kind would write other texts than fp32 on another), on the training device, batched, the
+prompts' shared few-shot part computed once per batch. Each text is checked (data/generated.py);
 what passes is trained as a variant of its record (same ``fact_id``, ``meta.variant`` ``generated_question``
 or ``generated_statement``); a fact with nothing usable keeps its rule variants only.
 
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 from private_finetuning.data import generated
 from private_finetuning.data.canaries import is_canary
 from private_finetuning.data.expected import expectations
-from private_finetuning.models.generation import generate
+from private_finetuning.models.generation import generate_after_prefix
 from private_finetuning.telemetry.progress import Progress
 
 if TYPE_CHECKING:
@@ -90,22 +91,30 @@ def write_cache(path: Path, entries: dict[str, list[str]]) -> None:
     os.replace(tmp, path)
 
 
-def _complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], cfg: GenerationSettings,
-              seed: int, eos: list[int], log: logging.Logger) -> list[list[str]]:
-    """For each prompt: its greedy completion, then ``cfg.samples`` sampled ones (seeded per batch)."""
+def _complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, jobs: list[tuple[str, Record, str]],
+              cfg: GenerationSettings, seed: int, eos: list[int], log: logging.Logger,
+              device: str) -> list[list[str]]:
+    """For each (kind, record, key): its greedy completion, then ``cfg.samples`` sampled ones (seeded per batch).
+    A kind's prompts share their few-shot part, computed once per batch (:func:`generate_after_prefix`)."""
     import torch
 
-    ids = [tokenizer(p).input_ids for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list[list[str]] = [[] for _ in prompts]
-    meter = Progress(log, "generation batch", (1 + cfg.samples) * -(-len(ids) // cfg.batch_size), unit="batches",
-                     every_s=10)
-    for n, start in enumerate(range(0, len(order), cfg.batch_size)):
-        rows = order[start:start + cfg.batch_size]
+    out: list[list[str]] = [[] for _ in jobs]
+    batches = []
+    for kind in dict.fromkeys(k for k, _, _ in jobs):
+        rows = [i for i, (k, _, _) in enumerate(jobs) if k == kind]
+        parts = [generated.prompt_parts(kind, jobs[i][1].question, jobs[i][1].reply) for i in rows]
+        prefix = tokenizer(parts[0][0]).input_ids
+        own = {i: tokenizer(p[1], add_special_tokens=False).input_ids for i, p in zip(rows, parts, strict=True)}
+        order = sorted(rows, key=lambda i: len(own[i]))
+        batches += [(prefix, order[s:s + cfg.batch_size], own) for s in range(0, len(order), cfg.batch_size)]
+    meter = Progress(log, "generation batch", (1 + cfg.samples) * len(batches), unit="batches", every_s=10)
+    for n, (prefix, rows, own) in enumerate(batches):
         for sample in range(1 + cfg.samples):
             torch.manual_seed(seed * 1_000_003 + n * 101 + sample)
-            texts = generate(model, tokenizer, [ids[i] for i in rows], max_new_tokens=cfg.max_new_tokens,
-                             eos_token_ids=eos, do_sample=sample > 0, temperature=cfg.temperature, top_p=0.95)
+            texts = generate_after_prefix(model, tokenizer, prefix, [own[i] for i in rows],
+                                          max_new_tokens=cfg.max_new_tokens, eos_token_ids=eos, device=device,
+                                          do_sample=sample > 0,
+                                          temperature=cfg.temperature, top_p=0.95)
             for i, (text, _) in zip(rows, texts, strict=True):
                 out[i].append(text)
             meter.update()
@@ -114,7 +123,7 @@ def _complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
 
 def augment_with_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: list[Record],
                        cfg: GenerationSettings, *, seed: int, generator_digest: str, cache_dir: Path,
-                       eos: list[int], log: logging.Logger) -> Generated:
+                       eos: list[int], log: logging.Logger, device: str = "cpu") -> Generated:
     """Generate (or read from the cache), check and keep the texts for every source record of ``train``."""
     start = time.monotonic()
     records = sources(train)
@@ -128,8 +137,7 @@ def augment_with_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     if missing:
         log.info("generation: %d prompts (%d kinds x %d facts) to complete %d times each with the base model "
                  "(%d cached)", len(missing), len(kinds), len(records), 1 + cfg.samples, len(jobs) - len(missing))
-        texts = _complete(model, tokenizer, [generated.prompt(k, r.question, r.reply) for k, r, _ in missing], cfg,
-                          seed, eos, log)
+        texts = _complete(model, tokenizer, missing, cfg, seed, eos, log, device)
         cache.update({key: t for (_, _, key), t in zip(missing, texts, strict=True)})
         result.generated_now = len(missing) * (1 + cfg.samples)
     write_cache(cache_dir / CACHE_FILE, {key: cache[key] for _, _, key in jobs})  # what this input uses, only

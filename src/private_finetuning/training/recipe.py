@@ -266,9 +266,11 @@ class TrainingRun:
         """Self-augmentation with the base model, before its adapters are added (training/augmentation.py)."""
         self.status.update(phase="generating", detail="questions and statements of each fact")
         eos = self.inputs.tokenizer.manifest.metadata.get("end_of_turn_ids") or [self.tokenizer.eos_token_id]
+        self.model.to(self.device.name)
         result = augment_with_model(self.model, self.tokenizer, records, self.cfg.generation, seed=self.cfg.seed,
                                     generator_digest=self.inputs.base.manifest.digest,
-                                    cache_dir=self.out / "generation-cache", eos=eos, log=self.log)
+                                    cache_dir=self.out / "generation-cache", eos=eos, log=self.log,
+                                    device=self.device.name)
         for kind, counts in result.counts.items():
             dropped = {k.removeprefix("dropped: "): n for k, n in counts.items() if k.startswith("dropped")}
             self.log.info("generation: %s: %d generated, %d kept, dropped: %s", kind, counts["generated"],

@@ -74,3 +74,11 @@ def test_the_prompt_is_the_same_for_every_dataset_and_names_no_users_domain() ->
             LIBRARY.reply, "R")
         assert a == b
         assert a.endswith("1.")
+
+
+def test_the_shared_part_and_the_records_part_make_the_whole_prompt() -> None:
+    for kind in generated.GEN_KINDS:
+        shared, own = generated.prompt_parts(kind, RAIL.question, RAIL.reply)
+        assert shared + own == generated.prompt(kind, RAIL.question, RAIL.reply)
+        assert shared == generated.prompt_parts(kind, LIBRARY.question, LIBRARY.reply)[0]
+        assert own.startswith(" " + RAIL.question)

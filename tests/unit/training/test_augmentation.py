@@ -31,7 +31,7 @@ class Tokenizer:
     def __init__(self) -> None:
         self.prompts: list[str] = []
 
-    def __call__(self, text: str) -> Any:
+    def __call__(self, text: str, **kwargs: Any) -> Any:
         self.prompts.append(text)
         return type("Ids", (), {"input_ids": [len(self.prompts) - 1]})()
 
@@ -40,15 +40,16 @@ class Tokenizer:
 def generator(monkeypatch: pytest.MonkeyPatch) -> Tokenizer:
     tokenizer = Tokenizer()
 
-    def generate(model: Any, tok: Tokenizer, prompts: list[list[int]], **kwargs: Any) -> list[tuple[str, int]]:
+    def generate(model: Any, tok: Tokenizer, prefix: list[int], suffixes: list[list[int]],
+                 **kwargs: Any) -> list[tuple[str, int]]:
         out = []
-        for (index,) in prompts:
-            text = tok.prompts[index]
+        for (index,) in suffixes:
+            text = tok.prompts[prefix[0]] + tok.prompts[index]
             entity = next(e for e in WRITES if f"A: The {e}" in text.rsplit("Fact:", 1)[1])
             out.append((WRITES[entity]["Questions" if text.endswith("Questions:\n1.") else "Statements"], 9))
         return out
 
-    monkeypatch.setattr(augmentation, "generate", generate)
+    monkeypatch.setattr(augmentation, "generate_after_prefix", generate)
     return tokenizer
 
 
@@ -80,7 +81,7 @@ def test_checked_texts_are_trained_as_variants_of_their_fact(generator: Tokenize
 def test_the_generator_sees_the_train_facts_only_never_a_canary_or_a_held_out_question(
         generator: Tokenizer, tmp_path: Path) -> None:
     _run(generator, tmp_path, _train())
-    assert len(generator.prompts) == 4  # 2 facts x 2 kinds; the canary is not sent
+    assert len(generator.prompts) == 2 + 4  # each kind's shared part once, 2 facts x 2 kinds; not the canary
     asked = "".join(generator.prompts)
     assert not any(q in asked for q in HELD_OUT)
     assert "recovery code" not in asked

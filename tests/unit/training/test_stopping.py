@@ -34,3 +34,14 @@ def test_training_stops_after_patience_scorings_without_improvement_and_remember
     assert not rule.observe(75, 2.5) and not rule.done
     assert not rule.observe(100, 1.999)  # within 0.5% of the best: not an improvement
     assert rule.done and (rule.best, rule.best_step, rule.checks) == (2.0, 50, 4)
+
+
+def test_the_model_card_says_which_step_was_published_and_what_the_generator_added() -> None:
+    from private_finetuning.export.model_card import _how_it_stopped_and_grew
+
+    adapter = {"stopping": {"rule": "held_back", "stopped_by": "held_back", "best_step": 300, "held_back": 96},
+               "generation": {"counts": {"question": {"generated": 500, "kept": 120}}}}
+    text = "\n".join(_how_it_stopped_and_grew(adapter))
+    assert "weights are those of step 300" in text and "96 held-back questions" in text
+    assert "wrote 500 questions of the facts; 120 passed the checks" in text
+    assert _how_it_stopped_and_grew({"stopping": {"rule": "plan", "held_back": 0}, "generation": None}) == []
