@@ -321,11 +321,12 @@ class TrainingConfig(Section):
     """
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     """More questions and statements of each fact, written by the base model (off by default)."""
-    stopping: Literal["plan", "held_back"] = "plan"
-    """When training ends: `plan` (the planned steps, the time budget, early_stop_loss) or also `held_back`: one
-    question per fact is held back from training (a generated one, else a rule variant) and its answer's fact tokens
-    scored every stop_check_every steps; training stops when that has not improved for stop_patience checks, and
-    the best checkpoint is what is published. With time_budget_s null this is "trained enough" on any host.
+    stopping: Literal["auto", "plan", "held_back"] = "auto"
+    """When training ends: `plan` (the planned steps, the time budget, early_stop_loss), or `held_back`: one question
+    per fact is held back from training (a generated one, else a rule variant) and its reply's fact tokens scored
+    every stop_check_every steps; training stops when that has not improved for stop_patience scorings, and the best
+    scoring's weights are published; the plan is then a cap of 10 epochs, at least 3 x min_steps. `auto`: held_back
+    when neither time_budget_s nor max_steps is set (so "trained enough" on any host), plan otherwise.
     """
     stop_check_every: int = Field(25, gt=0)
     """Steps between two scorings of the held-back questions (stopping: held_back)."""
@@ -387,6 +388,13 @@ class TrainingConfig(Section):
     def check(self, where: str) -> None:
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"{where}.max_steps: must be positive (or null for epochs)")
+
+    @property
+    def stops_on_held_back(self) -> bool:
+        """Whether the held-back rule ends this run (``stopping``, ``auto`` resolved)."""
+        if self.stopping == "auto":
+            return self.time_budget_s is None and self.max_steps is None
+        return self.stopping == "held_back"
 
 
 class EvaluationGates(Section):

@@ -238,9 +238,9 @@ class TrainingRun:
         if self.generation is not None:
             records = records + self.generation.records
         held: list[Record] = []
-        if self.cfg.stopping == "held_back" and self.dist.world_size == 1:
+        if self.cfg.stops_on_held_back and self.dist.world_size == 1:
             records, held = stopping.hold_back(records)
-        elif self.cfg.stopping == "held_back":
+        elif self.cfg.stops_on_held_back:
             self.log.warning("training.stopping: held_back is not applied with %d processes (the ranks would have to "
                              "agree on every scoring); it applies on one process", self.dist.world_size)
         self.train_set, fact_ids = self.encode_records(records, path, "train")
@@ -253,6 +253,9 @@ class TrainingRun:
         train, lengths = self.train_set, self.lengths
         self.log.info("%d facts in the train split, %d with variants (%d examples in all): an epoch shows each "
                       "fact once", len(self.groups), sum(len(g) > 1 for g in self.groups), len(train))
+        if self.cfg.stops_on_held_back and not held and self.dist.world_size == 1:
+            self.log.warning("training.stopping: held_back found no question variant to hold back "
+                             "(dataset.augmentation made none): training runs its cap")
         if held:
             self.log.info("stopping: held_back: %d questions held back from training (one per fact), scored every %d "
                           "steps; training stops after %d scorings without improvement", len(held),
@@ -540,12 +543,12 @@ class TrainingRun:
 
     def _checkpoint_or_stop(self) -> None:
         state, dist = self.state, self.dist
-        stopping = dist.sum(float(Termination.requested)) > 0  # every rank stops at the same step
+        terminating = dist.sum(float(Termination.requested)) > 0  # every rank stops at the same step
         due = state.step < self.total_steps and state.step % self.cfg.checkpoint_every_steps == 0
-        if (due or stopping) and dist.with_rank0:  # FSDP: every rank gives its shard
+        if (due or terminating) and dist.with_rank0:  # FSDP: every rank gives its shard
             self.writer.flush()  # the curve up to the checkpoint survives the pod; a resume purges what follows
             self._save_checkpoint()
-        if stopping:
+        if terminating:
             raise Interrupted(f"SIGTERM at step {state.step} of {self.total_steps}: checkpoint saved; the next pod "
                               "resumes from it")
 
@@ -590,7 +593,8 @@ class TrainingRun:
     def _restore_best(self, weights: dict[str, Any]) -> dict[str, Any]:
         """Under stopping: held_back, put back the best scoring's weights (into ``weights`` too); what the rule did."""
         rule = self.stop_rule
-        stop = {"rule": self.cfg.stopping, "stopped_by": self.stopped_by, "held_back": len(self.probe_set)}
+        rule_name = "held_back" if self.probe_set else "plan"
+        stop = {"rule": rule_name, "stopped_by": self.stopped_by, "held_back": len(self.probe_set)}
         if not self.probe_set:
             return stop
         if self.best is not None and rule.best_step != self.state.step:

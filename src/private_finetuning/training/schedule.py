@@ -24,6 +24,9 @@ from private_finetuning.config import TrainingConfig
 from private_finetuning.telemetry.progress import format_duration
 
 CHECK_EVERY = 5  # steps between two looks at the time budget
+# Under the held-back stopping rule the plan is a cap the rule usually ends before (docs/training.md: the helpdesk
+# set stopped at 275 of 450, AcmeHotels at ... of 450): 10 epochs, at least 3 x min_steps.
+HELD_BACK_EPOCHS, HELD_BACK_MIN_STEPS_FACTOR = 10, 3
 SPEED_WINDOW = 10  # the speed is that of the last this many steps
 
 
@@ -45,6 +48,13 @@ def plan(cfg: TrainingConfig, facts: int, steps_per_epoch: int, ranks: int = 1) 
     head = f"{facts} facts, {batch} per step{over}: {steps_per_epoch} steps per epoch"
     if cfg.max_steps:
         return Plan(cfg.max_steps, f"{head}; training.max_steps = {cfg.max_steps} steps", False)
+    if cfg.stops_on_held_back:
+        total = max(HELD_BACK_EPOCHS * steps_per_epoch, HELD_BACK_MIN_STEPS_FACTOR * cfg.min_steps)
+        text = (f"{head}; training.stopping held_back: until the held-back questions stop improving, at most {total} "
+                f"steps ({HELD_BACK_EPOCHS} epochs, at least {HELD_BACK_MIN_STEPS_FACTOR} x training.min_steps)")
+        if cfg.time_budget_s:
+            text += f", and what fits training.time_budget_s = {format_duration(cfg.time_budget_s)} here"
+        return Plan(total, text, bool(cfg.time_budget_s))
     by_epochs = cfg.epochs * steps_per_epoch
     if by_epochs >= cfg.min_steps:
         text = f"{head}; {cfg.epochs} epochs = {by_epochs} steps"

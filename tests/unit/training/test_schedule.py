@@ -7,7 +7,7 @@ from private_finetuning.training.schedule import fit_budget, plan
 
 
 def test_a_small_dataset_is_raised_to_the_floor_and_told_why() -> None:
-    p = plan(TrainingConfig(epochs=3, min_steps=150, batch_size=8, time_budget_s=None), facts=80,
+    p = plan(TrainingConfig(epochs=3, min_steps=150, batch_size=8, time_budget_s=None, stopping="plan"), facts=80,
              steps_per_epoch=10)
     assert p.total_steps == 150 and not p.budgeted
     assert "80 facts, 8 per step: 10 steps per epoch; 3 epochs would be 30 steps, raised to training.min_steps" \
@@ -40,3 +40,17 @@ def test_a_spent_budget_still_finishes_the_step_under_way() -> None:
     p = plan(cfg, facts=80, steps_per_epoch=10)
     fit_budget(p, cfg, step=5, elapsed=50.0, recent_step_s=10.0)
     assert p.total_steps == 6
+
+
+def test_with_no_budget_and_no_step_count_the_held_back_rule_decides_within_a_cap() -> None:
+    """A user who sets time_budget_s null gets training that ends when the facts are learnt, not after 3 epochs."""
+    unbounded = TrainingConfig(time_budget_s=None, min_steps=150)
+    assert unbounded.stops_on_held_back
+    p = plan(unbounded, facts=80, steps_per_epoch=10)
+    assert p.total_steps == 450 and not p.budgeted
+    assert "until the held-back questions stop improving, at most 450 steps" in p.explanation
+    assert plan(unbounded, facts=4000, steps_per_epoch=500).total_steps == 5000  # 10 epochs
+    assert not TrainingConfig().stops_on_held_back  # the demo's 300 s budget: the plan
+    assert not TrainingConfig(time_budget_s=None, max_steps=7).stops_on_held_back  # exactly 7 steps
+    assert TrainingConfig(stopping="held_back").stops_on_held_back
+    assert not TrainingConfig(time_budget_s=None, stopping="plan").stops_on_held_back
