@@ -309,7 +309,7 @@ class TrainingRun:
             facts.append(record.meta.get("fact_id", -line_no))
         if dropped:
             self.log.warning("%s: left out %d examples longer than %d tokens", split, dropped, cfg.max_seq_len)
-        if not examples and records:
+        if not examples and split != "held-back":
             raise InputDataError(str(path), f"no usable {split} examples")
         return examples, facts
 
@@ -365,13 +365,16 @@ class TrainingRun:
         if len(self.state.fact_losses) != len(self.groups):
             self.state.fact_losses = [None] * len(self.groups)
         self.anchors = (forgetting.anchor_examples(self.tokenizer, self.config.prompting.system_prompt)
-                        if self.cfg.kl_weight else [])
+                        if self.cfg.kl else [])
         if self.anchors and self.dist.world_size > 1:
             self.log.warning("training.kl_weight is not applied with %d processes: the base-model pass would "
                              "desynchronise the ranks' gradients; it applies on one process", self.dist.world_size)
             self.anchors = []
         if self.anchors:
             self.anchor_base = forgetting.base_log_probs(self.model, self.anchors, self.pad_id, self.device)
+            why = "" if self.cfg.kl_weight is not None else " null: on when training runs to the held-back rule"
+            self.log.info("forgetting control: KL to the base model at weight %g on %d general conversations, %d a "
+                          "step (training.kl_weight%s)", self.cfg.kl, len(self.anchors), forgetting.BATCH, why)
         self.stop_rule = stopping.StopRule(**(self.state.stop_rule or {"patience": self.cfg.stop_patience}))
         self.stop_rule.patience = self.cfg.stop_patience
         self.best = (checkpoints.best_weights(self.checkpoint_dir, self.run_id)
@@ -482,7 +485,7 @@ class TrainingRun:
             rows = forgetting.anchor_rows(len(self.anchors), self.state.step)
             anchor_kl = forgetting.kl_to_base(self.model, [self.anchors[i] for i in rows], self.pad_id,
                                               self.device.name, [self.anchor_base[i] for i in rows])
-        (self.cfg.kl_weight * anchor_kl).backward()
+        (self.cfg.kl * anchor_kl).backward()
         self.writer.add_scalar("train/anchor_kl", anchor_kl.item(), self.state.step + 1)
 
     def _after_step(self, step_start: float, step_loss: float, step_tokens: int, grad_norm: float, lr: float) -> None:
@@ -581,7 +584,7 @@ class TrainingRun:
         self.writer.close()
         metadata = {"steps": state.step, "epochs": state.epoch + (1 if state.step_in_epoch else 0),
                     "facts": len(self.groups), "planned_steps": self.total_steps,
-                    "loraplus_lr_ratio": cfg.loraplus_lr_ratio, "sampling": cfg.sampling,
+                    "loraplus_lr_ratio": cfg.loraplus_lr_ratio, "sampling": cfg.sampling, "kl_weight": cfg.kl,
                     "final_train_loss": state.last_loss, "eval_loss": eval_loss, "train_seconds": round(elapsed, 1),
                     "tokens_per_s": round(speed, 1), "tokens_seen": state.tokens_seen,
                     "trainable_parameters": self.trainable, "device": self.device.description,
