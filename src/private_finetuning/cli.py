@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from private_finetuning.config import load_config
+from private_finetuning.config import PipelineConfig, load_config
 from private_finetuning.deploy.local_runner.runtimes import RUNTIMES
 from private_finetuning.errors import PipelineError
 
@@ -28,12 +28,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     repo = _repo_root()
     overlay = args.overlay or repo / "k8s" / "overlays" / "cpu"
-    if args.config is not None:
-        load_config(args.config)  # fail here, before any stage starts, if the file is invalid
+    # Fail here, before any stage starts, if the file is invalid.
+    config = load_config(args.config) if args.config is not None else None
+    question, note = first_question(args.ask, config)
+    if note and args.then != "exit":
+        print(note, flush=True)
     node = Node.this_machine(args.node_cpus, args.node_memory)
     ok = run_pipeline(repo, overlay.resolve(), args.state_dir.resolve(), args.config, args.only, args.then,
-                      args.ask, engine=args.engine, node=node)
+                      question, engine=args.engine, node=node)
     return 0 if ok else 1
+
+
+def first_question(ask: str | None, config: PipelineConfig | None) -> tuple[str, str | None]:
+    """The question ``pft run`` asks the server, and a note when it is the sample question about data the run does
+    not train on (a user's own dataset): asking it one of theirs takes ``--ask``."""
+    from private_finetuning.deploy.local_runner.pipeline import SEED_QUESTION
+
+    if ask is not None:
+        return ask, None
+    if config is not None and config.dataset.source.type != "embedded":
+        return SEED_QUESTION, (f"pft run asks the server {SEED_QUESTION!r}, a question about the embedded AcmeHotels "
+                               "data, and this run trains on your dataset: pass --ask 'a question about your data' to "
+                               "have it ask one of yours")
+    return SEED_QUESTION, None
 
 
 def _cmd_kubeflow(args: argparse.Namespace) -> int:
@@ -112,8 +129,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--then", choices=["serve", "smoke", "exit"], default="smoke",
                      help="after the jobs: keep the inference server up until Ctrl-C (serve), ask it one "
                           "question and stop (smoke, the default), or stop at once (exit)")
-    run.add_argument("--ask", default="What is the best hotel in Seville?", metavar="QUESTION",
-                     help="the question POSTed to /prompt once the server is ready")
+    run.add_argument("--ask", default=None, metavar="QUESTION",
+                     help="the question POSTed to /prompt once the server is ready (default: a sample question "
+                          "about the embedded AcmeHotels data)")
     run.add_argument("--engine", choices=list(RUNTIMES), default="process",
                      help="how each pod runs (default: process): " + "; ".join(f"{name}: {choice.help}"
                                                                              for name, choice in RUNTIMES.items()))
