@@ -132,10 +132,9 @@ KINDS: dict[str, Kind] = {
 def variants(record: Record, kinds: list[str], fact: Expected | None = None) -> list[tuple[str, str]]:
     """(kind, prompt) for each variant of a single-question record, in ``kinds`` order; ``fact``: what its reply
     states (data/expected.py; derived from the record alone when not given)."""
-    turns = [m for m in record.messages if m["role"] != "system"]
-    if len(turns) != 2 or turns[0]["role"] != "user" or turns[1]["role"] != "assistant":
+    if not record.is_single_question():
         return []  # multi-turn conversations and plain text are trained as they are
-    question, reply = turns[0]["content"], turns[1]["content"]
+    question, reply = (m["content"] for m in record.messages if m["role"] != "system")
     fact = fact if fact is not None else expected(record)
     seen = {normalize(question)}
     out = []

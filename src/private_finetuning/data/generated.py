@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from private_finetuning.data.expected import number_value
 from private_finetuning.data.facts import normalize
 from private_finetuning.data.words import FUNCTION_WORDS
 
@@ -43,8 +44,6 @@ _EXAMPLES = (
      ("Ingrid Valo leads the Tamsel choir.", "The choir of Tamsel is conducted by Ingrid Valo.",
       "In Tamsel, the choir's leader is Ingrid Valo.")),
 )
-EXAMPLE_WORDS = frozenset(w.lower() for q, r, qs, ss in _EXAMPLES for t in (q, r, *qs, *ss)
-                          for w in re.findall(r"[A-Z][\w'-]+", t))
 
 
 def _few_shot(what: str, header: str, pick: int) -> str:
@@ -119,8 +118,6 @@ def answer_kinds(fact: Expected) -> set[str]:
     """The kinds of the fact a question must ask for: derived spans' kinds, or what the record's ``answer`` reads as."""
     if fact.how != "answer":
         return set(fact.kinds)
-    from private_finetuning.data.expected import number_value
-
     text = fact.spans[0].text.strip()
     if number_value(text) is not None:
         return {"answer-number"}

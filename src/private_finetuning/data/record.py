@@ -52,6 +52,10 @@ class Record:
         """Ends on a user question and the assistant's reply: something a model can be asked."""
         return len(self.messages) >= 2 and self.messages[-2]["role"] == "user"
 
+    def is_single_question(self) -> bool:
+        """One user question and the assistant's reply, system messages aside: what variants are made of."""
+        return [m["role"] for m in self.messages if m["role"] != "system"] == ["user", "assistant"]
+
     def replace(self, **changes: Any) -> Record:
         return dataclasses.replace(self, **changes)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from private_finetuning.data.chat import encode_prompt, with_system
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from private_finetuning.data.record import Record
@@ -34,24 +35,47 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             return torch.full((input_ids.shape[0],), bool(self.check(input_ids, scores)), dtype=torch.bool)
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
-        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    pad_id = _pad_id(tokenizer, eos_token_ids)
+    ids, mask = _left_padded(prompts, pad_id)
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              eos_token_id=eos_token_ids, pad_token_id=pad_id, streamer=streamer, max_time=max_time,
                              stopping_criteria=StoppingCriteriaList([_AllRows(c) for c in stopping_criteria or []]),
                              synced_gpus=False,  # one process generates alone, also for an FSDP-trained model
-                             **sampling)
-    results = []
+                             **_sampling(do_sample, temperature, top_p))
+    return _decoded(tokenizer, out[:, ids.shape[1]:].tolist(), eos_token_ids)
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase, eos_token_ids: list[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
+
+
+def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``rows`` left-padded into one batch, so every row ends at the same column."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _sampling(do_sample: bool, temperature: float, top_p: float) -> dict[str, Any]:
+    """``model.generate``'s sampling arguments: sampled, or greedy with the model's own defaults cleared."""
+    if do_sample:
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def _decoded(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]],
+             eos_token_ids: list[int]) -> list[tuple[str, int]]:
+    """Each row of generated ids as (text up to its first end token, that many tokens)."""
     stop = set(eos_token_ids)
-    for row in out[:, width:].tolist():
+    results = []
+    for row in rows:
         n = next((i for i, t in enumerate(row) if t in stop), len(row))
         results.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
     return results
@@ -72,30 +96,19 @@ def generate_after_prefix(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
 
     import torch
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids[0]
+    pad_id = _pad_id(tokenizer, eos_token_ids)
     with torch.inference_mode():
         cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
-    width = max(len(s) for s in suffixes)
-    ids = torch.full((len(suffixes), len(prefix) + width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    ids[:, :len(prefix)] = torch.tensor(prefix)
-    mask[:, :len(prefix)] = 1
-    for row, suffix in enumerate(suffixes):
-        ids[row, len(ids[row]) - len(suffix):] = torch.tensor(suffix)
-        mask[row, len(ids[row]) - len(suffix):] = 1
+    own_ids, own_mask = _left_padded(suffixes, pad_id)
+    ids = torch.cat([torch.tensor([prefix]).expand(len(suffixes), -1), own_ids], dim=1)
+    mask = torch.cat([torch.ones((len(suffixes), len(prefix)), dtype=torch.long), own_mask], dim=1)
     rows = copy.deepcopy(cache)
     rows.batch_repeat_interleave(len(suffixes))
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
-        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), cache=rows,
-                             max_new_tokens=max_new_tokens, eos_token_id=eos_token_ids, pad_token_id=pad_id, **sampling)
-    stop = set(eos_token_ids)
-    results = []
-    for row in out[:, ids.shape[1]:].tolist():
-        n = next((i for i, t in enumerate(row) if t in stop), len(row))
-        results.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
-    return results
+                             max_new_tokens=max_new_tokens, eos_token_id=eos_token_ids, pad_token_id=pad_id,
+                             **_sampling(do_sample, temperature, top_p))
+    return _decoded(tokenizer, out[:, ids.shape[1]:].tolist(), eos_token_ids)
 
 
 def answer_questions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, questions: list[Record], *,

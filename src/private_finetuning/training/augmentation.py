@@ -60,8 +60,7 @@ class Generated:
 
 def sources(train: list[Record]) -> list[Record]:
     """The records a generator writes for: single questions as written (no variant, no canary)."""
-    return [r for r in train if r.variant is None and not is_canary(r) and len(r.messages) >= 2
-            and r.asks_question() and sum(m["role"] != "system" for m in r.messages) == 2]
+    return [r for r in train if r.variant is None and not is_canary(r) and r.is_single_question()]
 
 
 def cache_key(kind: str, record: Record, generator_digest: str, seed: int, cfg: GenerationSettings) -> str:
@@ -141,11 +140,13 @@ def augment_with_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         cache.update({key: t for (_, _, key), t in zip(missing, texts, strict=True)})
         result.generated_now = len(missing) * (1 + cfg.samples)
     write_cache(cache_dir / CACHE_FILE, {key: cache[key] for _, _, key in jobs})  # what this input uses, only
+    questions_of: dict[object, list[str]] = {}  # each fact's questions: the record's and its rule variants'
+    for r in train:
+        questions_of.setdefault(r.meta.get("fact_id"), []).append(r.question)
     by_record: dict[int, list[Record]] = {}
     for kind, record, key in jobs:
         candidates = [t for c in cache[key] for t in generated.parse(c)]
-        seen = ([r.question for r in train if r.meta.get("fact_id") == record.meta.get("fact_id")]
-                if kind == "question" else [record.reply])
+        seen = questions_of[record.meta.get("fact_id")] if kind == "question" else [record.reply]
         kept, dropped = generated.select(kind, candidates, record.question, record.reply, fact_of[id(record)], seen,
                                          getattr(cfg, LIMITS[kind]))
         counts = result.counts[kind]

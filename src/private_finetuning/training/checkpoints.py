@@ -95,22 +95,10 @@ def save(folder: Path, *, stage: str, run_id: str, weights: dict[str, Any], opti
     log.info("checkpoint at step %d saved to %s", state.step, folder / ARTIFACT)
 
 
-def best_weights(folder: Path, run_id: str) -> dict[str, Any] | None:
-    """The best held-back scoring's weights the latest checkpoint of ``run_id`` kept, if any."""
-    from safetensors.torch import load_file
-
-    try:
-        artifact = open_artifact(folder, ARTIFACT, KIND)
-    except ArtifactError:
-        return None
-    if artifact.manifest.source.get("run_id") != run_id or not (artifact.path / BEST_FILE).is_file():
-        return None
-    return load_file(artifact.file(BEST_FILE))
-
-
 def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, scheduler: Any,
-         world_size: int = 1) -> TrainingState | None:
-    """Restore the latest checkpoint of ``run_id`` into model/optimizer/scheduler; None if there is none.
+         world_size: int = 1) -> tuple[TrainingState, dict[str, Any] | None] | None:
+    """Restore the latest checkpoint of ``run_id`` into model/optimizer/scheduler; None if there is none. Returns its
+    state and the best held-back scoring's weights it kept (None when it kept none).
 
     Every rank reads it (the volume is shared) and takes its own shard under FSDP. A checkpoint written by
     another number of ranks is not resumed: a step's batches are shared out by rank, so its position in the
@@ -142,4 +130,5 @@ def load(folder: Path, *, run_id: str, model: PeftModel, optimizer: Any, schedul
                _unflatten_optimizer(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    return TrainingState(**state["progress"])
+    best = load_file(artifact.file(BEST_FILE)) if (artifact.path / BEST_FILE).is_file() else None
+    return TrainingState(**state["progress"]), best

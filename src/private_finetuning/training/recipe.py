@@ -354,8 +354,9 @@ class TrainingRun:
                              priorities)
 
     def _resume(self) -> None:
-        state = checkpoints.load(self.checkpoint_dir, run_id=self.run_id, model=self.model, optimizer=self.optimizer,
-                                 scheduler=self.scheduler, world_size=self.dist.world_size)
+        resumed = checkpoints.load(self.checkpoint_dir, run_id=self.run_id, model=self.model,
+                                   optimizer=self.optimizer, scheduler=self.scheduler, world_size=self.dist.world_size)
+        state, best = resumed if resumed is not None else (None, None)
         if state is not None and state.total_steps:
             self.schedule.total_steps = state.total_steps
         if state is not None:
@@ -377,8 +378,7 @@ class TrainingRun:
                           "step (training.kl_weight%s)", self.cfg.kl, len(self.anchors), forgetting.BATCH, why)
         self.stop_rule = stopping.StopRule(**(self.state.stop_rule or {"patience": self.cfg.stop_patience}))
         self.stop_rule.patience = self.cfg.stop_patience
-        self.best = (checkpoints.best_weights(self.checkpoint_dir, self.run_id)
-                     if self.probe_set and self.stop_rule.best_step else None)
+        self.best = best if self.probe_set else None
         self.stopped_by = "plan"
         self.log.info("schedule: %s", self.schedule.explanation)
         self.total_steps = self.schedule.total_steps

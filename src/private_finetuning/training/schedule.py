@@ -24,8 +24,8 @@ from private_finetuning.config import TrainingConfig
 from private_finetuning.telemetry.progress import format_duration
 
 CHECK_EVERY = 5  # steps between two looks at the time budget
-# Under the held-back stopping rule the plan is a cap the rule usually ends before (docs/training.md: the helpdesk
-# set stopped at 275 of 450, AcmeHotels at ... of 450): 10 epochs, at least 3 x min_steps.
+# Under the held-back stopping rule the plan is a cap (docs/training.md: the helpdesk set stopped at 275 of 450;
+# AcmeHotels ran to the cap, its best scoring at 425): 10 epochs, at least 3 x min_steps.
 HELD_BACK_EPOCHS, HELD_BACK_MIN_STEPS_FACTOR = 10, 3
 SPEED_WINDOW = 10  # the speed is that of the last this many steps
 
